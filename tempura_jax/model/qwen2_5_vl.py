@@ -1,0 +1,113 @@
+"""Qwen2.5-VL for conditional generation, in Flax NNX.
+
+Attribute names follow the HF hub tensor names (`visual`, `model`, `lm_head`)
+so the weight table in `tempura_jax.params` reads like the checkpoint.
+`forward`/`logits` are pure array functions for jitted training code;
+`__call__` is the user-facing API taking the HF processor's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tempura_jax.config import ModelConfig
+from tempura_jax.model.inputs import ModelInputs, prepare_inputs
+from tempura_jax.model.layers import Dense
+from tempura_jax.model.text import TextModel
+from tempura_jax.model.vision import VisionTower
+from tempura_jax.positions import rope_deltas
+
+
+@dataclasses.dataclass
+class ModelOutput:
+    logits: jax.Array  # (B, S, vocab) float32
+    rope_deltas: np.ndarray  # (B, 1)
+
+
+class Qwen2_5_VL(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        cfg.validate()
+        self.config = cfg
+        self.visual = VisionTower(cfg, rngs)
+        self.model = TextModel(cfg, rngs)
+        t = cfg.text
+        self.lm_head = (
+            None
+            if t.tie_word_embeddings
+            else Dense(
+                (t.hidden_size,),
+                (t.vocab_size,),
+                ("embed", "vocab"),
+                bias=False,
+                param_dtype=cfg.param_dtype,
+                rngs=rngs,
+            )
+        )
+
+    def embed(self, inputs: ModelInputs) -> jax.Array:
+        """Token embeddings with vision features scattered into placeholder slots.
+
+        Image features fill image tokens in order, video features (stored after
+        the image ones) fill video tokens; gathers keep every shape static.
+        """
+        cfg = self.config
+        x = self.model.embed(inputs.input_ids, cfg.compute_dtype)
+        if inputs.vision is None:
+            return x
+        feats = self.visual(inputs.vision).astype(x.dtype)
+        b, s, d = x.shape
+        ids = inputs.input_ids.reshape(-1)
+        is_img, is_vid = ids == cfg.image_token_id, ids == cfg.video_token_id
+        img_rank = jnp.cumsum(is_img) - 1
+        vid_rank = jnp.cumsum(is_vid) - 1 + inputs.num_image_tokens
+        index = jnp.clip(jnp.where(is_img, img_rank, vid_rank), 0, feats.shape[0] - 1)
+        x = jnp.where((is_img | is_vid)[:, None], feats[index], x.reshape(-1, d))
+        return x.reshape(b, s, d)
+
+    def forward(self, inputs: ModelInputs) -> jax.Array:
+        """Final hidden states (B, S, hidden) after the last norm."""
+        return self.model(self.embed(inputs), inputs.position_ids, inputs.segment_ids)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        if self.lm_head is None:
+            w = self.model.embed_tokens[...].astype(hidden.dtype)
+            return jnp.einsum("bsd,vd->bsv", hidden, w, preferred_element_type=jnp.float32)
+        return self.lm_head(hidden).astype(jnp.float32)
+
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values=None,
+        image_grid_thw=None,
+        pixel_values_videos=None,
+        video_grid_thw=None,
+        second_per_grid_ts=None,
+        position_ids=None,
+    ) -> ModelOutput:
+        """HF-style call. `position_ids=None` computes the original Qwen2.5-VL ids."""
+        cfg = self.config
+        inputs = prepare_inputs(
+            cfg,
+            input_ids,
+            attention_mask,
+            pixel_values,
+            image_grid_thw,
+            pixel_values_videos,
+            video_grid_thw,
+            second_per_grid_ts,
+            position_ids,
+        )
+        deltas = rope_deltas(inputs.position_ids, inputs.segment_ids)
+        return ModelOutput(logits=forward_logits(self, inputs), rope_deltas=deltas)
+
+
+@nnx.jit
+def forward_logits(model: Qwen2_5_VL, inputs: ModelInputs) -> jax.Array:
+    """Jitted once per input shape; grid values live in the arrays, not the trace."""
+    return model.logits(model.forward(inputs))

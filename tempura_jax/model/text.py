@@ -1,0 +1,94 @@
+"""Qwen2 decoder with GQA, q/k/v bias and chunked multimodal RoPE (M-RoPE)."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tempura_jax.config import ModelConfig, TextConfig
+from tempura_jax.model.layers import Dense, GatedMLP, RMSNorm, apply_rotary, inv_freq, param
+from tempura_jax.ops.attention import attention
+
+
+def mrope_cos_sin(position_ids: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
+    """position_ids (3, B, S) -> cos, sin (B, S, head_dim), float32.
+
+    Chunked sections (Qwen2/2.5-VL, not Qwen3-VL's interleave): the first
+    `mrope_section[0]` frequency pairs rotate with the temporal id, the next
+    with the row id, the last with the column id.
+    """
+    freqs = inv_freq(cfg.head_dim, cfg.rope_theta)  # (hd/2,)
+    angles = position_ids.astype(jnp.float32)[..., None] * freqs  # (3, B, S, hd/2)
+    bounds = [0, *itertools.accumulate(cfg.mrope_section)]
+    angles = jnp.concatenate(
+        [angles[axis, ..., lo:hi] for axis, (lo, hi) in enumerate(itertools.pairwise(bounds))], -1
+    )
+    emb = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+class TextAttention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        t = cfg.text
+        kw = dict(param_dtype=cfg.param_dtype, rngs=rngs)
+        d, hd = t.hidden_size, t.head_dim
+        self.q_proj = Dense(
+            (d,), (t.num_attention_heads, hd), ("embed", "heads", "head_dim"), bias=True, **kw
+        )
+        self.k_proj = Dense(
+            (d,), (t.num_key_value_heads, hd), ("embed", "kv_heads", "head_dim"), bias=True, **kw
+        )
+        self.v_proj = Dense(
+            (d,), (t.num_key_value_heads, hd), ("embed", "kv_heads", "head_dim"), bias=True, **kw
+        )
+        self.o_proj = Dense(
+            (t.num_attention_heads, hd), (d,), ("heads", "head_dim", "embed"), bias=False, **kw
+        )
+        self.impl = cfg.attention_impl
+
+    def __call__(self, x, cos, sin, segment_ids):
+        q = apply_rotary(self.q_proj(x), cos, sin)
+        k = apply_rotary(self.k_proj(x), cos, sin)
+        out = attention(q, k, self.v_proj(x), segment_ids=segment_ids, causal=True, impl=self.impl)
+        return self.o_proj(out)
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        t = cfg.text
+        kw = dict(param_dtype=cfg.param_dtype, rngs=rngs)
+        self.input_layernorm = RMSNorm(t.hidden_size, t.rms_norm_eps, "embed", **kw)
+        self.self_attn = TextAttention(cfg, rngs)
+        self.post_attention_layernorm = RMSNorm(t.hidden_size, t.rms_norm_eps, "embed", **kw)
+        self.mlp = GatedMLP(
+            t.hidden_size, t.intermediate_size, t.hidden_act, ("embed", "mlp"), bias=False, **kw
+        )
+
+    def __call__(self, x, cos, sin, segment_ids):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class TextModel(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        t = cfg.text
+        self.cfg = t
+        self.embed_tokens = param(
+            rngs, (t.vocab_size, t.hidden_size), ("vocab", "embed"), cfg.param_dtype
+        )
+        self.layers = nnx.List([DecoderLayer(cfg, rngs) for _ in range(t.num_hidden_layers)])
+        self.norm = RMSNorm(
+            t.hidden_size, t.rms_norm_eps, "embed", param_dtype=cfg.param_dtype, rngs=rngs
+        )
+
+    def embed(self, input_ids: jax.Array, dtype: str) -> jax.Array:
+        return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
+
+    def __call__(self, x, position_ids, segment_ids):
+        cos, sin = mrope_cos_sin(position_ids, self.cfg)
+        for layer in self.layers:
+            x = layer(x, cos, sin, segment_ids)
+        return self.norm(x)

@@ -1,0 +1,123 @@
+"""Shared fixtures: tiny HF reference models built with transformers' own
+classes (torch, CPU, fp32), saved with `save_pretrained` once per session."""
+
+import os
+
+# Eight host devices for the sharded tests; must precede the first jax import.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+VOCAB = 300
+IMAGE, VIDEO, VSTART, VEND = 290, 291, 292, 293
+
+HF_VARIANTS = {
+    # GQA (4 query heads, 2 KV heads), tied head, 112-px windows (4x4 merged tokens).
+    "tied": dict(heads=4, kv_heads=2, tie=True, fullatt=[1, 3]),
+    # MQA-style GQA (4 / 1), untied head, different full-attention blocks.
+    "untied": dict(heads=4, kv_heads=1, tie=False, fullatt=[0, 2]),
+}
+
+
+def hf_config(variant: str):
+    from transformers import Qwen2_5_VLConfig
+
+    v = HF_VARIANTS[variant]
+    return Qwen2_5_VLConfig(
+        vision_config=dict(
+            depth=4,
+            hidden_size=32,
+            intermediate_size=48,
+            num_heads=2,
+            out_hidden_size=64,
+            fullatt_block_indexes=v["fullatt"],
+            tokens_per_second=2,
+            window_size=112,
+            patch_size=14,
+            temporal_patch_size=2,
+            spatial_merge_size=2,
+            in_channels=3,
+        ),
+        text_config=dict(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=v["heads"],
+            num_key_value_heads=v["kv_heads"],
+            rms_norm_eps=1e-6,
+            rope_theta=1e6,
+            max_position_embeddings=4096,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            tie_word_embeddings=v["tie"],
+        ),
+        image_token_id=IMAGE,
+        video_token_id=VIDEO,
+        vision_start_token_id=VSTART,
+        vision_end_token_id=VEND,
+        tie_word_embeddings=v["tie"],
+    )
+
+
+def randomize_(model, seed: int = 0) -> None:
+    """Replace HF's init (unit norms, zero biases) so every tensor matters."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "norm" in name.split(".")[-2] or "ln_q" in name:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            elif "embed_tokens" in name:
+                p.copy_(torch.randn(p.shape, generator=g))
+            else:
+                fan_in = int(np.prod(p.shape[1:]))
+                p.copy_(torch.randn(p.shape, generator=g) * fan_in**-0.5)
+
+
+def build_hf_model(variant: str, path, dtype=None, seed: int = 0):
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(hf_config(variant)).eval()
+    randomize_(model, seed)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(path, safe_serialization=True)
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_model_dir(tmp_path_factory):
+    """variant -> (torch model with eager attention, saved directory)."""
+    cache = {}
+
+    def get(variant: str):
+        if variant not in cache:
+            from transformers import Qwen2_5_VLForConditionalGeneration
+
+            path = tmp_path_factory.mktemp(f"hf_{variant}")
+            build_hf_model(variant, path)
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                path, attn_implementation="eager"
+            ).eval()
+            cache[variant] = (model, path)
+        return cache[variant]
+
+    return get
+
+
+def vision_block(grid, token=IMAGE, merge=2):
+    t, h, w = grid
+    return [VSTART] + [token] * (t * h * w // merge**2) + [VEND]
+
+
+def pixels(grid_rows, seed=0):
+    n = int(sum(np.prod(g) for g in grid_rows))
+    return np.random.default_rng(seed).standard_normal((n, 1176)).astype(np.float32)
