@@ -80,16 +80,13 @@ def randomize_(model, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * fan_in**-0.5)
 
 
-def build_hf_model(variant: str, path, dtype=None, seed: int = 0):
+def build_hf_model(variant: str, seed: int = 0):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(hf_config(variant)).eval()
     randomize_(model, seed)
-    if dtype is not None:
-        model = model.to(dtype)
-    model.save_pretrained(path, safe_serialization=True)
     return model
 
 
@@ -103,7 +100,7 @@ def hf_model_dir(tmp_path_factory):
             from transformers import Qwen2_5_VLForConditionalGeneration
 
             path = tmp_path_factory.mktemp(f"hf_{variant}")
-            build_hf_model(variant, path)
+            build_hf_model(variant).save_pretrained(path)
             model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 path, attn_implementation="eager"
             ).eval()
