@@ -1,12 +1,16 @@
-"""Build a model from an HF checkpoint directory without a random init pass.
+"""Build a model from an HF directory or a tempura-jax (Orbax) checkpoint
+without a random init pass.
 
-The model is created abstractly (`nnx.eval_shape`), then every parameter is
-read, checked, converted and placed one tensor at a time, optionally straight
-into its sharding on a mesh.
+The model is created abstractly (`nnx.eval_shape`); a parameter source yields
+(Flax path, array in Flax layout) one tensor at a time after checking names,
+shapes and dtypes; each tensor is cast and placed, optionally straight into
+its sharding on a mesh.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -15,11 +19,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from tempura_jax import checkpoint
 from tempura_jax.config import ModelConfig, from_hf_json
 from tempura_jax.io.hf_checkpoint import HFCheckpoint
 from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL
 from tempura_jax.params import TensorSpec, param_table, tied_extras
 from tempura_jax.sharding import DEFAULT_RULES, Rules, param_sharding
+
+Source = Iterator[tuple[TensorSpec, np.ndarray]]
 
 
 class CheckpointError(ValueError):
@@ -34,47 +41,77 @@ def abstract_model(cfg: ModelConfig) -> Qwen2_5_VL:
     return nnx.eval_shape(lambda: Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)))
 
 
-def check_names(
-    ckpt_names: set[str], specs: list[TensorSpec], cfg: ModelConfig, where: str
-) -> None:
-    expected = {s.hf_name for s in specs}
-    missing = sorted(expected - ckpt_names)
-    unexpected = sorted(ckpt_names - expected - tied_extras(cfg))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:5])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected[:5])}")
+def flax_shapes(cfg: ModelConfig) -> dict[tuple, tuple[int, ...]]:
+    state = nnx.state(abstract_model(cfg), nnx.Param)
+    return {path: v.get_value().shape for path, v in nnx.to_flat_state(state)}
+
+
+def check_names(found: set[str], expected: set[str], allowed: set[str], where: str) -> None:
+    missing = sorted(expected - found)
+    unexpected = sorted(found - expected - allowed)
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:5])}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected[:5])}")
+    if parts:
         raise CheckpointError(f"{where}: " + "; ".join(parts))
 
 
-def load_into(
-    model: Qwen2_5_VL,
-    ckpt: HFCheckpoint,
-    *,
-    mesh: Mesh | None = None,
-    rules: Rules = DEFAULT_RULES,
-) -> Qwen2_5_VL:
-    cfg = model.config
+def check_float(dtype: np.dtype, name: str, where: str) -> None:
+    if not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
+        raise CheckpointError(f"{where}: tensor {name} has dtype {dtype}, expected a float type")
+
+
+def hf_source(ckpt: HFCheckpoint, cfg: ModelConfig) -> Source:
+    """Tensors of an HF checkpoint in Flax layout, in their stored dtype."""
     specs = param_table(cfg)
-    check_names(ckpt.names(), specs, cfg, str(ckpt.dir))
-    dtype = jnp.dtype(cfg.param_dtype)
+    check_names(ckpt.names(), {s.hf_name for s in specs}, tied_extras(cfg), str(ckpt.dir))
+    shapes = flax_shapes(cfg)
     for spec in specs:
-        var = _variable(model, spec.path)
-        _, hf_shape = ckpt.spec(spec.hf_name)
-        if hf_shape != spec.hf_shape:
+        where = str(ckpt.file_of(spec.hf_name))
+        dtype, shape = ckpt.spec(spec.hf_name)
+        check_float(dtype, spec.hf_name, where)
+        if shape != spec.hf_shape:
             raise CheckpointError(
-                f"{ckpt.file_of(spec.hf_name)}: tensor {spec.hf_name} has shape {hf_shape}, "
-                f"config needs {spec.hf_shape}"
+                f"{where}: tensor {spec.hf_name} has shape {shape}, config needs {spec.hf_shape}"
             )
-        value = spec.to_flax(ckpt.read(spec.hf_name), var.get_value().shape).astype(dtype)
+        yield spec, spec.to_flax(ckpt.read(spec.hf_name), shapes[spec.path])
+
+
+def orbax_source(params: checkpoint.OrbaxParams, cfg: ModelConfig) -> Source:
+    """Tensors of a tempura-jax checkpoint, read one layer group at a time."""
+    specs = param_table(cfg)
+    by_key = {checkpoint.key_of(s.path): s for s in specs}
+    where = str(params.dir)
+    found = {"/".join(k) for k in params.specs}
+    check_names(found, {"/".join(k) for k in by_key}, set(), where)
+    shapes = flax_shapes(cfg)
+    for key, spec in by_key.items():
+        name, (dtype, shape), need = "/".join(key), params.specs[key], shapes[spec.path]
+        check_float(dtype, name, where)
+        if shape != need:
+            raise CheckpointError(f"{where}: tensor {name} has shape {shape}, config needs {need}")
+    for _, members in itertools.groupby(specs, key=lambda s: checkpoint.group_of(s.path)):
+        group = list(members)
+        arrays = params.read([checkpoint.key_of(s.path) for s in group])
+        for s in group:
+            yield s, arrays[checkpoint.key_of(s.path)]
+
+
+def load_into(
+    model: Qwen2_5_VL, source: Source, *, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES
+) -> Qwen2_5_VL:
+    dtype = jnp.dtype(model.config.param_dtype)
+    for spec, value in source:
+        var = _variable(model, spec.path)
+        value = value.astype(dtype)
         if mesh is None:
             var.set_value(jnp.asarray(value))
         else:
             sharding = param_sharding(var, mesh, rules)
             var.set_value(
-                jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
+                jax.make_array_from_callback(value.shape, sharding, lambda i, v=value: v[i])
             )
     return model
 
@@ -95,15 +132,21 @@ def load_pretrained(
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
 ) -> Qwen2_5_VL:
-    """Load `config.json` + safetensors from an HF directory.
+    """Load an HF directory (config.json + safetensors) or a tempura-jax checkpoint.
 
     `dtype` is the parameter dtype; `compute_dtype` defaults to float32 on CPU
     and bfloat16 on accelerators. With `mesh`, each tensor is placed directly
     with the sharding its logical axes map to under `rules`.
     """
-    cfg = from_hf_json(path).replace(
+    if checkpoint.is_checkpoint(path):
+        params = checkpoint.OrbaxParams(path)
+        cfg = from_hf_json(params.config_path)
+    else:
+        params, cfg = None, from_hf_json(path)
+    cfg = cfg.replace(
         param_dtype=str(np.dtype(jnp.dtype(dtype))),
         compute_dtype=compute_dtype or default_compute_dtype(),
         attention_impl=attention_impl,
     )
-    return load_into(abstract_model(cfg), HFCheckpoint(path), mesh=mesh, rules=rules)
+    source = hf_source(HFCheckpoint(path), cfg) if params is None else orbax_source(params, cfg)
+    return load_into(abstract_model(cfg), source, mesh=mesh, rules=rules)
