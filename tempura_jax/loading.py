@@ -64,10 +64,10 @@ def check_float(dtype: np.dtype, name: str, where: str) -> None:
 
 
 def hf_source(ckpt: HFCheckpoint, cfg: ModelConfig) -> Source:
-    """Tensors of an HF checkpoint in Flax layout, in their stored dtype."""
+    """Tensors of an HF checkpoint in Flax layout and stored dtype; headers are
+    checked against the config before the first tensor is read."""
     specs = param_table(cfg)
     check_names(ckpt.names(), {s.hf_name for s in specs}, tied_extras(cfg), str(ckpt.dir))
-    shapes = flax_shapes(cfg)
     for spec in specs:
         where = str(ckpt.file_of(spec.hf_name))
         dtype, shape = ckpt.spec(spec.hf_name)
@@ -76,22 +76,28 @@ def hf_source(ckpt: HFCheckpoint, cfg: ModelConfig) -> Source:
             raise CheckpointError(
                 f"{where}: tensor {spec.hf_name} has shape {shape}, config needs {spec.hf_shape}"
             )
-        yield spec, spec.to_flax(ckpt.read(spec.hf_name), shapes[spec.path])
+    shapes = flax_shapes(cfg)
+    return ((s, s.to_flax(ckpt.read(s.hf_name), shapes[s.path])) for s in specs)
 
 
 def orbax_source(params: checkpoint.OrbaxParams, cfg: ModelConfig) -> Source:
-    """Tensors of a tempura-jax checkpoint, read one layer group at a time."""
+    """Tensors of a tempura-jax checkpoint, checked against the config up front,
+    then read one layer group at a time."""
     specs = param_table(cfg)
-    by_key = {checkpoint.key_of(s.path): s for s in specs}
     where = str(params.dir)
     found = {"/".join(k) for k in params.specs}
-    check_names(found, {"/".join(k) for k in by_key}, set(), where)
+    check_names(found, {"/".join(checkpoint.key_of(s.path)) for s in specs}, set(), where)
     shapes = flax_shapes(cfg)
-    for key, spec in by_key.items():
+    for spec in specs:
+        key = checkpoint.key_of(spec.path)
         name, (dtype, shape), need = "/".join(key), params.specs[key], shapes[spec.path]
         check_float(dtype, name, where)
         if shape != need:
             raise CheckpointError(f"{where}: tensor {name} has shape {shape}, config needs {need}")
+    return _grouped_reads(params, specs)
+
+
+def _grouped_reads(params: checkpoint.OrbaxParams, specs: list[TensorSpec]) -> Source:
     for _, members in itertools.groupby(specs, key=lambda s: checkpoint.group_of(s.path)):
         group = list(members)
         arrays = params.read([checkpoint.key_of(s.path) for s in group])

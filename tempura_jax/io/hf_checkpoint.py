@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from tempura_jax.io.safetensors import SafetensorsError, SafetensorsFile
+from tempura_jax.io.safetensors import SafetensorsError, SafetensorsFile, write_file
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -68,3 +69,41 @@ class HFCheckpoint:
 
     def file_of(self, name: str) -> Path:
         return self.where[self.source_names[name]].path
+
+
+TensorInfo = tuple[str, np.dtype, tuple[int, ...]]
+
+
+def plan_shards(tensors: list[TensorInfo], max_shard_bytes: int) -> list[list[TensorInfo]]:
+    """Greedy, in order, like transformers: a tensor larger than the limit gets its own file."""
+    shards: list[list[TensorInfo]] = [[]]
+    size = 0
+    for t in tensors:
+        nbytes = np.dtype(t[1]).itemsize * int(np.prod(t[2]))
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += nbytes
+    return shards
+
+
+def write_hf_weights(
+    directory: Path, tensors: list[TensorInfo], arrays: Iterator[np.ndarray], max_shard_bytes: int
+) -> list[Path]:
+    """Stream `arrays` (in `tensors` order) into safetensors shards plus an index."""
+    shards = plan_shards(tensors, max_shard_bytes)
+    names = (
+        [SINGLE]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    it = iter(arrays)
+    for fname, shard in zip(names, shards, strict=True):
+        write_file(directory / fname, shard, (next(it) for _ in shard), metadata={"format": "pt"})
+    if len(shards) > 1:
+        total = sum(np.dtype(d).itemsize * int(np.prod(s)) for _, d, s in tensors)
+        weight_map = {t[0]: f for f, shard in zip(names, shards, strict=True) for t in shard}
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (directory / INDEX).write_text(json.dumps(index, indent=2))
+    return [directory / n for n in names]
