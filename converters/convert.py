@@ -87,7 +87,7 @@ def copy_side_files(src: Path | None, dst: Path) -> list[str]:
 
 def to_orbax(hf_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """HF directory -> checkpoint step directory (params/, config.json, record, side files)."""
-    hf_dir, out = Path(hf_dir), Path(out)
+    hf_dir, out = Path(hf_dir).absolute(), Path(out).absolute()  # Orbax needs absolute paths
     cfg = from_hf_json(hf_dir)
     ckpt = HFCheckpoint(hf_dir)
     source_tensors = [{"name": n, "dtype": str(ckpt.spec(n)[0])} for n in sorted(ckpt.names())]
@@ -136,7 +136,7 @@ def to_hf(
     overwrite: bool = False,
 ) -> Path:
     """Checkpoint (converted or a training run, whose optimizer state is ignored) -> HF dir."""
-    ckpt_dir, out = Path(ckpt_dir), Path(out)
+    ckpt_dir, out = Path(ckpt_dir).absolute(), Path(out).absolute()
     if dtype is not None and dtype not in DTYPES:
         raise ConvertError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     params = checkpoint.OrbaxParams(ckpt_dir)

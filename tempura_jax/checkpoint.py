@@ -111,7 +111,7 @@ class OrbaxParams:
     """Read access to a checkpoint's parameters, a group of tensors at a time."""
 
     def __init__(self, path: str | Path):
-        self.root = Path(path)
+        self.root = Path(path).absolute()
         self.step = step_dir(self.root)
         pytree = _pytree_dir(self.step / PARAMS)
         if pytree is None:

@@ -271,6 +271,13 @@ def test_to_hf_failure_leaves_nothing(src, tmp_path, capsys):
     no_leftovers(tmp_path / "h")
 
 
+def test_relative_paths(src, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert convert_main(["to-orbax", "src", "out/ckpt"]) == 0
+    assert convert_main(["to-hf", "out/ckpt", "out/hf"]) == 0
+    assert_same_tensors(src, tmp_path / "out" / "hf")
+
+
 def test_module_entry_point_from_repo_root():
     out = subprocess.run(
         [sys.executable, "-m", "converters", "to-hf", "--help"],
