@@ -31,16 +31,34 @@ from tempura_jax.random_checkpoint import write_random_hf_checkpoint  # noqa: E4
 SIZES = {"3b": C.qwen2_5_vl_3b, "tiny": C.tiny}
 
 
+def peak_rss_bytes() -> int:
+    """VmHWM of this address space. (ru_maxrss of a child would include the
+    high-water mark inherited from the parent at fork.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def child(argv: list[str]) -> None:
+    """Run one conversion (or nothing, for the import baseline) and report its peak RSS."""
+    from converters.cli import main as convert
+
+    if argv and convert(argv) != 0:
+        raise SystemExit(1)
+    print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}))
+
+
 def timed_child(argv: list[str]) -> dict:
-    """Run a child process; wall seconds and its peak RSS from wait4."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *argv], cwd=REPO, capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
-    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{argv} failed:\n{out}\n{err}")
-    return {"wall_s": round(wall, 2), "peak_rss_bytes": usage.ru_maxrss * 1024}
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv} failed:\n{proc.stdout}\n{proc.stderr}")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"wall_s": round(wall, 2), **report}
 
 
 def copy_time(src: Path, dst: Path) -> float:
@@ -51,12 +69,13 @@ def copy_time(src: Path, dst: Path) -> float:
     return time.perf_counter() - start
 
 
-def spot_check(a: Path, b: Path, names: list[str]) -> None:
+def check_exact(a: Path, b: Path) -> None:
     ca, cb = HFCheckpoint(a), HFCheckpoint(b)
     if ca.names() != cb.names():
         raise AssertionError("round trip changed the tensor names")
-    for n in names:
-        if ca.read(n).tobytes() != cb.read(n).tobytes():
+    for n in sorted(ca.names()):
+        x, y = ca.read(n), cb.read(n)
+        if x.dtype != y.dtype or x.shape != y.shape or x.tobytes() != y.tobytes():
             raise AssertionError(f"round trip changed {n}")
 
 
@@ -71,14 +90,11 @@ def run(size: str, workdir: Path, keep: bool) -> dict:
     gen_s = time.perf_counter() - t0
     copy_s = copy_time(src, workdir / "copy")
     shutil.rmtree(workdir / "copy")
-    python = sys.executable
-    baseline = timed_child([python, "-c", "import converters.convert"])
-    to_orbax = timed_child([python, "-m", "converters", "to-orbax", str(src), str(ckpt)])
-    to_hf = timed_child(
-        [python, "-m", "converters", "to-hf", str(ckpt), str(back), "--max-shard-size", str(shard)]
-    )
+    baseline = timed_child([])
+    to_orbax = timed_child(["to-orbax", str(src), str(ckpt)])
+    to_hf = timed_child(["to-hf", str(ckpt), str(back), "--max-shard-size", str(shard)])
+    check_exact(src, back)
     specs = param_table(cfg)
-    spot_check(src, back, [specs[0].hf_name, "model.embed_tokens.weight", specs[-1].hf_name])
     if not keep:
         shutil.rmtree(workdir)
     result = {
@@ -88,6 +104,7 @@ def run(size: str, workdir: Path, keep: bool) -> dict:
         "generate_source_s": round(gen_s, 2),
         "copy_same_bytes_s": round(copy_s, 2),
         "import_only": baseline,
+        "round_trip_exact": True,  # check_exact raised otherwise
         "to_orbax": to_orbax,
         "to_hf": to_hf,
     }
@@ -110,7 +127,10 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/tempura_bench_convert"))
     p.add_argument("--out", type=Path, help="write the JSON result here")
     p.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    p.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child is not None:
+        return child(args.child)
     result = run(args.size, args.workdir, args.keep)
     text = json.dumps(result, indent=2)
     print(text)

@@ -17,12 +17,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
 from tempura_jax import checkpoint
 from tempura_jax.config import from_hf_json
 from tempura_jax.io.hf_checkpoint import HFCheckpoint, write_hf_weights
+from tempura_jax.io.safetensors import FLOAT_DTYPES
 from tempura_jax.loading import hf_source, orbax_source
 from tempura_jax.params import param_table
 
@@ -42,7 +42,6 @@ HF_SIDE_FILES = (
     "processor_config.json",
 )
 SIDE_DIR = "hf_files"
-DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 DEFAULT_SHARD_BYTES = 5 * 10**9
 EMBED = "model.embed_tokens.weight"
 
@@ -52,8 +51,10 @@ class ConvertError(ValueError):
 
 
 @contextlib.contextmanager
-def atomic_output(out: Path, overwrite: bool) -> Iterator[Path]:
+def atomic_output(out: Path, overwrite: bool, source: Path) -> Iterator[Path]:
     """Yield a temporary directory that becomes `out` only if the block succeeds."""
+    if out == source or out in source.parents:
+        raise ConvertError(f"{out}: output would replace the input {source}")
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise ConvertError(
             f"{out}: output exists and is not empty (pass --overwrite to replace it)"
@@ -65,11 +66,14 @@ def atomic_output(out: Path, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only
+    if out.exists():  # move the old output aside, put the new one in place, then delete
+        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.rename(aside / "old")
         tmp.rename(out)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+        shutil.rmtree(aside)
     else:
         tmp.rename(out)
 
@@ -85,7 +89,9 @@ def copy_side_files(src: Path | None, dst: Path) -> list[str]:
     return copied
 
 
-def to_orbax(hf_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+def to_orbax(
+    hf_dir: str | Path, out: str | Path, *, overwrite: bool = False, compress: bool = False
+) -> Path:
     """HF directory -> checkpoint step directory (params/, config.json, record, side files)."""
     hf_dir, out = Path(hf_dir).absolute(), Path(out).absolute()  # Orbax needs absolute paths
     cfg = from_hf_json(hf_dir)
@@ -93,14 +99,14 @@ def to_orbax(hf_dir: str | Path, out: str | Path, *, overwrite: bool = False) ->
     source_tensors = [{"name": n, "dtype": str(ckpt.spec(n)[0])} for n in sorted(ckpt.names())]
     tied_head = cfg.text.tie_word_embeddings and "lm_head.weight" in ckpt.names()
     tensors = hf_source(ckpt, cfg)  # validates every header before anything is written
-    with atomic_output(out, overwrite) as tmp:
+    with atomic_output(out, overwrite, hf_dir) as tmp:
         groups = (
             {checkpoint.key_of(s.path): a for s, a in members}
             for _, members in itertools.groupby(
                 tensors, key=lambda sa: checkpoint.group_of(sa[0].path)
             )
         )
-        checkpoint.save_params_streaming(tmp / checkpoint.PARAMS, groups)
+        checkpoint.save_params_streaming(tmp / checkpoint.PARAMS, groups, compress=compress)
         shutil.copy2(hf_dir / "config.json", tmp / checkpoint.CONFIG)
         side = copy_side_files(hf_dir, tmp / SIDE_DIR)
         checkpoint.write_record(
@@ -119,11 +125,9 @@ def to_orbax(hf_dir: str | Path, out: str | Path, *, overwrite: bool = False) ->
 
 def _side_files_dir(params: checkpoint.OrbaxParams) -> Path | None:
     """Converted checkpoints carry the files; training runs record where they were."""
-    record = params.record
-    base = params.config_path.parent
     for key in ("hf_files_dir", "tokenizer_dir"):
-        if record.get(key):
-            return base / record[key]  # an absolute path stays absolute
+        if params.record.get(key):
+            return params.record_path.parent / params.record[key]  # absolute stays absolute
     return None
 
 
@@ -137,11 +141,11 @@ def to_hf(
 ) -> Path:
     """Checkpoint (converted or a training run, whose optimizer state is ignored) -> HF dir."""
     ckpt_dir, out = Path(ckpt_dir).absolute(), Path(out).absolute()
-    if dtype is not None and dtype not in DTYPES:
-        raise ConvertError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise ConvertError(f"--dtype must be one of {sorted(FLOAT_DTYPES)}, got {dtype!r}")
     params = checkpoint.OrbaxParams(ckpt_dir)
     cfg = from_hf_json(params.config_path)
-    target = DTYPES.get(dtype)
+    target = FLOAT_DTYPES.get(dtype)
     tensors = orbax_source(params, cfg)  # validates names, shapes and dtypes first
     # A tied model whose source also stored lm_head gets the copy back, right
     # after the embedding so nothing is held in memory for it.
@@ -160,7 +164,7 @@ def to_hf(
             if copy_head and spec.hf_name == EMBED:
                 yield hf
 
-    with atomic_output(out, overwrite) as tmp:
+    with atomic_output(out, overwrite, ckpt_dir) as tmp:
         write_hf_weights(tmp, infos, arrays(), max_shard_bytes)
         config = json.loads(params.config_path.read_text())
         if target is not None:  # 4.x reads torch_dtype, 5.x dtype

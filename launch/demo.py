@@ -42,10 +42,10 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("workdir/demo"))
     p.add_argument("--frames", type=int, default=8)
     args = p.parse_args()
-    if args.workdir.exists():
-        shutil.rmtree(args.workdir)
     cfg = C.tiny()
     hf_dir, ckpt, back = args.workdir / "hf", args.workdir / "orbax", args.workdir / "hf_back"
+    for d in (hf_dir, ckpt, back):  # only what an earlier demo run wrote
+        shutil.rmtree(d, ignore_errors=True)
     nbytes = write_random_hf_checkpoint(cfg, hf_dir, dtype="float32")
     print(f"[1/3] random tiny checkpoint: {hf_dir} ({nbytes / 1e6:.1f} MB)")
     to_orbax(hf_dir, ckpt)

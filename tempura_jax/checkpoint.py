@@ -118,13 +118,18 @@ class OrbaxParams:
             raise CheckpointFormatError(f"{self.step / PARAMS}: incomplete Orbax checkpoint")
         self.dir = pytree
         self._ckpt = ocp.PyTreeCheckpointer()
-        meta = self._ckpt.metadata(pytree)
-        tree = getattr(meta, "item_metadata", meta)
+        try:
+            meta = self._ckpt.metadata(pytree)
+            tree = getattr(meta, "item_metadata", meta)
+        except Exception as e:
+            raise CheckpointFormatError(f"{pytree}: cannot read the parameter metadata: {e}") from e
+        if tree is None:
+            raise CheckpointFormatError(f"{pytree}: cannot read the parameter metadata")
         self.specs: dict[tuple[str, ...], tuple[np.dtype, tuple[int, ...]]] = {
             key: (np.dtype(m.dtype), tuple(m.shape)) for key, m in flatten(dict(tree))
         }
-        record = find_file(self.step, self.root, RECORD)
-        self.record: dict = json.loads(record.read_text()) if record else {}
+        self.record_path = find_file(self.step, self.root, RECORD)
+        self.record: dict = json.loads(self.record_path.read_text()) if self.record_path else {}
         self.config_path = find_file(self.step, self.root, CONFIG)
         if self.config_path is None:
             raise CheckpointFormatError(f"{self.root}: no {CONFIG} in the checkpoint")
@@ -132,20 +137,33 @@ class OrbaxParams:
     def read(self, keys: list[tuple[str, ...]]) -> dict[tuple[str, ...], np.ndarray]:
         item = nest((k, 0) for k in keys)
         args = nest((k, ocp.RestoreArgs(restore_type=np.ndarray)) for k in keys)
-        out = self._ckpt.restore(
-            self.dir,
-            args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True),
-        )
+        try:
+            out = self._ckpt.restore(
+                self.dir,
+                args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True),
+            )
+        except Exception as e:  # Orbax/TensorStore errors do not say which tensor
+            names = ", ".join("/".join(k) for k in keys[:3])
+            raise CheckpointFormatError(f"{self.dir}: cannot read {names}: {e}") from e
         return dict(flatten(out))
 
 
-def save_params_streaming(path: Path, groups: Iterable[dict[tuple[str, ...], np.ndarray]]) -> None:
-    """Write `path` (a params/ item) from groups of tensors, one Orbax partial save each."""
+def save_params_streaming(
+    path: Path, groups: Iterable[dict[tuple[str, ...], np.ndarray]], *, compress: bool = False
+) -> None:
+    """Write `path` (a params/ item) from groups of tensors, one Orbax partial save each.
+
+    zstd saves ~20% of disk on bf16 weights but makes writing ~1.6x slower.
+    """
+    import orbax.checkpoint.experimental.v1 as ocp_v1
     from orbax.checkpoint.experimental.v1 import partial
 
-    for group in groups:
-        partial.save(path, nest(group.items()))
-    partial.finalize(path)
+    ctx = ocp_v1.Context()
+    ctx.array.saving.use_compression = compress
+    with ctx:
+        for group in groups:
+            partial.save(path, nest(group.items()))
+        partial.finalize(path)
 
 
 def write_record(path: Path, record: dict) -> None:

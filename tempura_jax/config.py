@@ -68,7 +68,7 @@ class TextConfig:
     rope_theta: float = 1_000_000.0
     mrope_section: tuple[int, int, int] = (16, 24, 24)
     hidden_act: str = "silu"
-    tie_word_embeddings: bool = True
+    tie_word_embeddings: bool = True  # Qwen2.5-VL-3B ties; 7B/72B do not
     max_position_embeddings: int = 128000
 
     @property
@@ -126,16 +126,25 @@ def from_hf_dict(d: dict[str, Any], source: str = "config") -> ModelConfig:
     if model_type != MODEL_TYPE:
         raise ConfigError(f"{source}: model_type is {model_type!r}, expected {MODEL_TYPE!r}")
     text_src = d.get("text_config") or d
-    rope = text_src.get("rope_scaling") or text_src.get("rope_parameters") or {}
-    rope = rope or d.get("rope_scaling") or d.get("rope_parameters") or {}
+    rope = next(
+        (
+            src[k]
+            for src in (text_src, d)
+            for k in ("rope_scaling", "rope_parameters")
+            if src.get(k)
+        ),
+        {},
+    )
     if "mrope_section" not in rope:
         raise ConfigError(f"{source}: rope_scaling.mrope_section is missing")
     text_kw: dict[str, Any] = {k: text_src[k] for k in _TEXT_KEYS if k in text_src}
     text_kw["mrope_section"] = tuple(int(x) for x in rope["mrope_section"])
     if "rope_theta" not in text_kw and "rope_theta" in rope:
         text_kw["rope_theta"] = rope["rope_theta"]
-    # Tying is a property of the whole model; the top-level flag wins when present.
-    tie = d.get("tie_word_embeddings", text_src.get("tie_word_embeddings", True))
+    # transformers 4.x reads the text config's flag (the root's in the flat layout);
+    # 5.x saves it at the root. Both default to untied. A stored lm_head that
+    # contradicts a tied config is caught when loading.
+    tie = text_src.get("tie_word_embeddings", d.get("tie_word_embeddings", False))
     text_kw["tie_word_embeddings"] = bool(tie)
 
     vision_src = dict(d.get("vision_config") or {})

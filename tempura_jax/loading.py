@@ -76,8 +76,20 @@ def hf_source(ckpt: HFCheckpoint, cfg: ModelConfig) -> Source:
             raise CheckpointError(
                 f"{where}: tensor {spec.hf_name} has shape {shape}, config needs {spec.hf_shape}"
             )
+    if cfg.text.tie_word_embeddings and "lm_head.weight" in ckpt.names():
+        check_tied_head(ckpt)
     shapes = flax_shapes(cfg)
     return ((s, s.to_flax(ckpt.read(s.hf_name), shapes[s.path])) for s in specs)
+
+
+def check_tied_head(ckpt: HFCheckpoint) -> None:
+    """A tied config must not silently drop a stored head that is really different."""
+    head, embed = ckpt.read("lm_head.weight"), ckpt.read("model.embed_tokens.weight")
+    if head.shape != embed.shape or head.tobytes() != embed.tobytes():
+        raise CheckpointError(
+            f"{ckpt.file_of('lm_head.weight')}: tensor lm_head.weight differs from "
+            "model.embed_tokens.weight but the config ties them (tie_word_embeddings)"
+        )
 
 
 def orbax_source(params: checkpoint.OrbaxParams, cfg: ModelConfig) -> Source:

@@ -22,15 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from tempura_jax.config import ModelConfig
-
-
-def _grids(grid_thw, name: str) -> np.ndarray:
-    if grid_thw is None:
-        return np.zeros((0, 3), np.int64)
-    grid = np.asarray(grid_thw, dtype=np.int64).reshape(-1, 3)
-    if (grid <= 0).any():
-        raise ValueError(f"{name} rows must be positive, got {grid.tolist()}")
-    return grid
+from tempura_jax.model.vision_geometry import grid_array
 
 
 def vision_block_positions(
@@ -63,12 +55,13 @@ def rope_index(
     (attention_mask == 0) get id 1, like HF; delta = max id + 1 - S.
     """
     ids = np.asarray(input_ids)
-    if ids.ndim != 2:
-        raise ValueError(f"input_ids must be (batch, seq), got shape {ids.shape}")
+    if ids.ndim != 2 or 0 in ids.shape:
+        raise ValueError(f"input_ids must be a non-empty (batch, seq) array, got {ids.shape}")
     mask = np.ones_like(ids, bool) if attention_mask is None else np.asarray(attention_mask) != 0
+    merge = config.vision.spatial_merge_size
     grids = {
-        config.image_token_id: _grids(image_grid_thw, "image_grid_thw"),
-        config.video_token_id: _grids(video_grid_thw, "video_grid_thw"),
+        config.image_token_id: grid_array(image_grid_thw, merge, "image_grid_thw"),
+        config.video_token_id: grid_array(video_grid_thw, merge, "video_grid_thw"),
     }
     n_videos = len(grids[config.video_token_id])
     spg = (
@@ -79,7 +72,6 @@ def rope_index(
     if len(spg) != n_videos:
         raise ValueError(f"{len(spg)} second_per_grid_ts for {n_videos} videos")
     tps = np.float32(config.vision.tokens_per_second)
-    merge = config.vision.spatial_merge_size
     used = {config.image_token_id: 0, config.video_token_id: 0}
     names = {config.image_token_id: "image", config.video_token_id: "video"}
 
@@ -129,7 +121,11 @@ def rope_index(
 
 
 def rope_deltas(position_ids: np.ndarray, attention_mask) -> np.ndarray:
-    """(B, 1): max id over real tokens + 1 - S; decoding continues at S + delta."""
+    """(B, 1): max id over real tokens + 1 - S; decoding continues at S + delta.
+
+    HF takes the max over padding too in its text-only path (padding ids are 1),
+    which differs only for a row with a single real token; this is the consistent rule.
+    """
     mask = np.asarray(attention_mask) != 0
     top = np.where(mask[None], position_ids, -1).max(axis=(0, 2))
     return (top + 1 - position_ids.shape[-1]).astype(np.int32)[:, None]

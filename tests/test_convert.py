@@ -75,6 +75,13 @@ def test_round_trip_is_exact(tmp_path, variant, dtype, sharded):
     assert (tmp_path / "back" / "model.safetensors.index.json").exists() == sharded
 
 
+def test_compressed_round_trip(tmp_path, hf_model_dir):
+    _, src = hf_model_dir("untied")
+    assert convert_main(["to-orbax", str(src), str(tmp_path / "ckpt"), "--compress"]) == 0
+    assert convert_main(["to-hf", str(tmp_path / "ckpt"), str(tmp_path / "back")]) == 0
+    assert_same_tensors(src, tmp_path / "back")
+
+
 def test_tied_source_with_stored_head_keeps_it(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -268,6 +275,23 @@ def test_to_hf_failure_leaves_nothing(src, tmp_path, capsys):
         ["to-hf", str(tmp_path / "ckpt"), str(tmp_path / "h")],
         "gate_proj/kernel has shape (64, 96)",
     )
+    no_leftovers(tmp_path / "h")
+
+
+def test_output_is_readable_and_never_the_source(src, tmp_path, capsys):
+    assert convert_main(["to-orbax", str(src), str(tmp_path / "ckpt")]) == 0
+    assert (tmp_path / "ckpt").stat().st_mode & 0o055  # not owner-only (mkdtemp's 0700)
+    _fails(capsys, ["to-orbax", str(src), str(src), "--overwrite"], "would replace the input")
+    _fails(capsys, ["to-orbax", str(src), str(tmp_path), "--overwrite"], "would replace the input")
+    assert (src / "model.safetensors").exists()
+
+
+def test_corrupt_orbax_data_names_the_tensors(src, tmp_path, capsys):
+    assert convert_main(["to-orbax", str(src), str(tmp_path / "ckpt")]) == 0
+    for f in (tmp_path / "ckpt" / "params").rglob("d/*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    _fails(capsys, ["to-hf", str(tmp_path / "ckpt"), str(tmp_path / "h")], "cannot read")
     no_leftovers(tmp_path / "h")
 
 

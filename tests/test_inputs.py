@@ -71,3 +71,18 @@ def test_mismatches_are_reported(model):
         prepare_inputs(cfg, ids, **{**media, "pixel_values_videos": None, "video_grid_thw": None})
     with pytest.raises(ValueError, match=r"\(patches, 1176\)"):
         prepare_inputs(cfg, ids, **{**media, "pixel_values": np.zeros((140, 1000), np.float32)})
+
+
+def test_shape_and_empty_inputs(model):
+    ids, media = sample()
+    cfg = model.config
+    with pytest.raises(ValueError, match=r"attention_mask shape \(1, 5\) != input_ids shape"):
+        prepare_inputs(cfg, ids, attention_mask=np.ones((1, 5)), **media)
+    with pytest.raises(ValueError, match="non-empty"):
+        prepare_inputs(cfg, np.zeros((1, 0), np.int32))
+    text = np.array([[5, 6, 7]])
+    empty = dict(pixel_values=np.zeros((0, 1176), np.float32), image_grid_thw=np.zeros((0, 3)))
+    assert prepare_inputs(cfg, text, **empty).vision is None
+    np.testing.assert_array_equal(
+        np.asarray(model(text, **empty).logits), np.asarray(model(text).logits)
+    )

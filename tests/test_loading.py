@@ -206,3 +206,31 @@ def test_wrong_model_type_dir(reference, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": "qwen2_vl"}))
     with pytest.raises(C.ConfigError, match="config.json: model_type is 'qwen2_vl'"):
         tempura_jax.load_pretrained(tmp_path)
+
+
+def test_tie_flag_follows_transformers():
+    nested = nested_5x(QWEN25_VL_3B_FLAT)
+    # transformers 4.x lets the text config decide (it writes a root default too).
+    untied_4x = {**nested, "tie_word_embeddings": True}
+    untied_4x["text_config"] = {**nested["text_config"], "tie_word_embeddings": False}
+    assert not C.from_hf_dict(untied_4x).text.tie_word_embeddings
+    # transformers 5.x writes the flag only at the root.
+    tied_5x = {**nested, "tie_word_embeddings": True}
+    tied_5x["text_config"] = {
+        k: v for k, v in nested["text_config"].items() if k != "tie_word_embeddings"
+    }
+    assert C.from_hf_dict(tied_5x).text.tie_word_embeddings
+    flat_absent = {k: v for k, v in QWEN25_VL_3B_FLAT.items() if k != "tie_word_embeddings"}
+    assert not C.from_hf_dict(flat_absent).text.tie_word_embeddings
+
+
+def test_tied_config_with_a_different_stored_head_fails(hf_model_dir, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    _, src = hf_model_dir("untied")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["tie_word_embeddings"] = cfg["text_config"]["tie_word_embeddings"] = True
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    save_file(load_file(src / "model.safetensors"), tmp_path / "model.safetensors")
+    with pytest.raises(tempura_jax.CheckpointError, match="lm_head.weight differs from"):
+        tempura_jax.load_pretrained(tmp_path)

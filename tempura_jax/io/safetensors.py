@@ -31,6 +31,8 @@ DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
 }
 NAMES = {v: k for k, v in DTYPES.items()}
+# The float dtypes users choose by name (--dtype, random checkpoints).
+FLOAT_DTYPES = {"float32": DTYPES["F32"], "bfloat16": DTYPES["BF16"]}
 MAX_HEADER = 100 * 2**20
 
 

@@ -24,7 +24,9 @@ from tempura_jax.positions import rope_index
 @dataclasses.dataclass
 class ModelInputs:
     input_ids: jax.Array  # (B, S) int32
-    segment_ids: jax.Array  # (B, S) int32; 0 = padding, >0 = sequence (packing)
+    # (B, S) int32: 0 = padding, >0 = attention segment. Packed sequences use one id
+    # each and must bring their own position_ids (rope_index numbers a row as one).
+    segment_ids: jax.Array
     position_ids: jax.Array  # (3, B, S) int32
     num_image_tokens: jax.Array  # () int32: image features precede video features
     vision: VisionInputs | None = None
@@ -37,6 +39,15 @@ def _array(x, dtype=None) -> np.ndarray | None:
         x = x.detach().cpu().float().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
     a = np.asarray(x)
     return a.astype(dtype) if dtype is not None else a
+
+
+def _media(pixels, grid) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(pixels, grid) as arrays; an empty modality (no rows, no grids) is absent."""
+    pixels, grid = _array(pixels, np.float32), _array(grid, np.int64)
+    grid = None if grid is None else grid.reshape(-1, 3)
+    if grid is not None and len(grid) == 0 and (pixels is None or pixels.size == 0):
+        return None, None
+    return pixels, grid
 
 
 def _check_media(ids, pixels, grid, token_id, name, cfg: ModelConfig) -> int:
@@ -78,13 +89,13 @@ def prepare_inputs(
     """Build `ModelInputs`. `position_ids=None` computes them with `rope_index`;
     `patch_bucket` pads the patch count up to that size (a multiple of 4)."""
     ids = _array(input_ids, np.int32)
-    if ids.ndim != 2:
-        raise ValueError(f"input_ids must be (batch, seq), got {ids.shape}")
+    if ids.ndim != 2 or 0 in ids.shape:
+        raise ValueError(f"input_ids must be a non-empty (batch, seq) array, got {ids.shape}")
     mask = np.ones_like(ids) if attention_mask is None else _array(attention_mask, np.int32)
-    img, img_grid = _array(pixel_values, np.float32), _array(image_grid_thw, np.int64)
-    vid, vid_grid = _array(pixel_values_videos, np.float32), _array(video_grid_thw, np.int64)
-    img_grid = None if img_grid is None else img_grid.reshape(-1, 3)
-    vid_grid = None if vid_grid is None else vid_grid.reshape(-1, 3)
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+    img, img_grid = _media(pixel_values, image_grid_thw)
+    vid, vid_grid = _media(pixel_values_videos, video_grid_thw)
     n_img = _check_media(ids, img, img_grid, cfg.image_token_id, "image", cfg)
     _check_media(ids, vid, vid_grid, cfg.video_token_id, "video", cfg)
 

@@ -7,7 +7,6 @@ Every parameter carries `axes` metadata: logical axis names that
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import jax
@@ -138,7 +137,3 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 def inv_freq(dim: int, theta: float) -> jax.Array:
     """Standard RoPE frequencies for a rotary dimension `dim` (dim/2 values)."""
     return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
-
-
-def fan_in_std(fan_in: int) -> float:
-    return 1.0 / math.sqrt(fan_in)

@@ -73,11 +73,16 @@ class Qwen2_5_VL(nnx.Module):
         """Final hidden states (B, S, hidden) after the last norm."""
         return self.model(self.embed(inputs), inputs.position_ids, inputs.segment_ids)
 
-    def logits(self, hidden: jax.Array) -> jax.Array:
+    def head_weight(self) -> jax.Array:
+        """(hidden, vocab): the output projection, shared with the embedding when tied."""
         if self.lm_head is None:
-            w = self.model.embed_tokens[...].astype(hidden.dtype)
-            return jnp.einsum("bsd,vd->bsv", hidden, w, preferred_element_type=jnp.float32)
-        return self.lm_head(hidden).astype(jnp.float32)
+            return self.model.embed_tokens[...].T
+        return self.lm_head.kernel[...]
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """float32 logits; the matmul accumulates in float32 for either head."""
+        w = self.head_weight().astype(hidden.dtype)
+        return jnp.einsum("bsd,dv->bsv", hidden, w, preferred_element_type=jnp.float32)
 
     def __call__(
         self,

@@ -53,18 +53,21 @@ class VisionGeometry:
         )
 
 
-def _check_grid(grid_thw: np.ndarray, merge: int) -> np.ndarray:
+def grid_array(grid_thw, merge: int, name: str = "grid_thw") -> np.ndarray:
+    """Validated (n, 3) int64 rows; None is an empty list of grids."""
+    if grid_thw is None:
+        return np.zeros((0, 3), np.int64)
     grid = np.asarray(grid_thw, dtype=np.int64).reshape(-1, 3)
     if (grid <= 0).any():
-        raise ValueError(f"grid_thw rows must be positive, got {grid.tolist()}")
+        raise ValueError(f"{name} rows must be positive, got {grid.tolist()}")
     if (grid[:, 1:] % merge).any():
-        raise ValueError(f"grid_thw h and w must be multiples of {merge}, got {grid.tolist()}")
+        raise ValueError(f"{name} h and w must be multiples of {merge}, got {grid.tolist()}")
     return grid
 
 
 def vision_geometry(grid_thw: np.ndarray, cfg: VisionConfig) -> VisionGeometry:
     merge, ws = cfg.spatial_merge_size, cfg.window_merged
-    grid = _check_grid(grid_thw, merge)
+    grid = grid_array(grid_thw, merge)
     window_index, window_ids, frame_ids, rotary = [], [], [], []
     token_offset = window_offset = frame_offset = 0
     for t, h, w in grid:
@@ -100,5 +103,5 @@ def vision_geometry(grid_thw: np.ndarray, cfg: VisionConfig) -> VisionGeometry:
 
 def num_merged_tokens(grid_thw: np.ndarray, cfg: VisionConfig) -> np.ndarray:
     """LLM tokens per grid row: t * h * w / merge^2."""
-    grid = _check_grid(grid_thw, cfg.spatial_merge_size)
+    grid = grid_array(grid_thw, cfg.spatial_merge_size)
     return grid.prod(-1) // cfg.merge_unit
