@@ -197,48 +197,39 @@ def _fails(capsys, argv, pattern):
     return err
 
 
-def test_missing_tensor(src, tmp_path, capsys):
-    _edit(src, lambda t: t.pop("visual.merger.mlp.2.bias"))
-    _fails(
-        capsys,
-        ["to-orbax", str(src), str(tmp_path / "o")],
-        "missing 1 tensor(s): visual.merger.mlp.2.bias",
-    )
-    no_leftovers(tmp_path / "o")
-
-
-def test_unexpected_tensor(src, tmp_path, capsys):
-    _edit(src, lambda t: t.update({"model.layers.0.mlp.extra.weight": torch.zeros(2)}))
-    _fails(
-        capsys,
-        ["to-orbax", str(src), str(tmp_path / "o")],
-        "unexpected 1 tensor(s): model.layers.0.mlp.extra",
-    )
-    no_leftovers(tmp_path / "o")
-
-
-def test_shape_mismatch(src, tmp_path, capsys):
-    _edit(src, lambda t: t.update({"model.norm.weight": torch.ones(63)}))
-    _fails(
-        capsys,
-        ["to-orbax", str(src), str(tmp_path / "o")],
-        "tensor model.norm.weight has shape (63,)",
-    )
-    no_leftovers(tmp_path / "o")
-
-
-def test_dtype_mismatch(src, tmp_path, capsys):
-    _edit(src, lambda t: t.update({"model.norm.weight": torch.ones(64, dtype=torch.int32)}))
-    _fails(capsys, ["to-orbax", str(src), str(tmp_path / "o")], "model.norm.weight has dtype int32")
-    no_leftovers(tmp_path / "o")
-
-
-def test_truncated_safetensors(src, tmp_path, capsys):
+def _truncate(src):
     f = src / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-1000])
-    _fails(
-        capsys, ["to-orbax", str(src), str(tmp_path / "o")], "model.safetensors: truncated: tensor"
-    )
+
+
+BAD_TENSORS = {
+    "missing": (
+        lambda s: _edit(s, lambda t: t.pop("visual.merger.mlp.2.bias")),
+        "missing 1 tensor(s): visual.merger.mlp.2.bias",
+    ),
+    "unexpected": (
+        lambda s: _edit(s, lambda t: t.update({"model.layers.0.mlp.extra.weight": torch.zeros(2)})),
+        "unexpected 1 tensor(s): model.layers.0.mlp.extra",
+    ),
+    "shape": (
+        lambda s: _edit(s, lambda t: t.update({"model.norm.weight": torch.ones(63)})),
+        "tensor model.norm.weight has shape (63,)",
+    ),
+    "dtype": (
+        lambda s: _edit(
+            s, lambda t: t.update({"model.norm.weight": torch.ones(64, dtype=torch.int32)})
+        ),
+        "model.norm.weight has dtype int32",
+    ),
+    "truncated": (_truncate, "model.safetensors: truncated: tensor"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TENSORS))
+def test_bad_tensors(src, tmp_path, capsys, case):
+    corrupt, message = BAD_TENSORS[case]
+    corrupt(src)
+    _fails(capsys, ["to-orbax", str(src), str(tmp_path / "o")], message)
     no_leftovers(tmp_path / "o")
 
 
