@@ -1,0 +1,293 @@
+"""Reading sampled frames, with their times in seconds, from videos and frame folders.
+
+Frame times come from the container (presentation timestamps), so variable
+frame rate videos are sampled at the right moments. A `clip` restricts
+reading to [start, end) seconds and makes the clip behave as a video of its
+own: its first instant is time 0.
+
+Sampling picks, for each target time, the frame on screen at that time (the
+last frame whose time is <= the target); repeated picks collapse to one.
+Decoding is one sequential pass that converts only the picked frames to RGB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+FRAME_NAME = re.compile(r"^(\d+)\.(jpe?g|png)$", re.IGNORECASE)
+_EPS = 1e-6
+
+
+class MediaError(ValueError):
+    """A video or frame folder that cannot be read; the message names the path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How frames are picked. `num_frames` (uniform N, TinyLLaVA-Video style)
+    overrides `fps` (TEMPURA: 1 FPS). A video that yields more than
+    `max_frames` is handled by `too_long`: "uniform" spreads `max_frames` over
+    the whole clip (a lower effective fps), "head" keeps the first ones (for
+    inference on a prefix), "error" rejects the video."""
+
+    fps: float = 1.0
+    num_frames: int | None = None
+    max_frames: int = 64
+    min_frames: int = 2
+    too_long: str = "uniform"
+    folder_fps: float = 1.0  # the rate at which a frame folder's <idx>.jpg were stored
+    decode_threads: int = 1
+
+    def __post_init__(self):
+        if self.num_frames is None and not self.fps > 0:
+            raise ValueError(f"sampling fps must be > 0, got {self.fps}")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.max_frames < 1 or self.min_frames < 1 or self.min_frames > self.max_frames:
+            raise ValueError(f"need 1 <= min_frames <= max_frames, got {self}")
+        if self.too_long not in ("uniform", "head", "error"):
+            raise ValueError(f"too_long must be uniform, head or error, got {self.too_long!r}")
+        if not self.folder_fps > 0:
+            raise ValueError(f"folder_fps must be > 0, got {self.folder_fps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """Sampled frames (uint8, H x W x 3 each) and their times in seconds."""
+
+    frames: list[np.ndarray]
+    times: np.ndarray  # (n,) float64, strictly increasing
+    duration: float  # seconds covered by the source (or clip)
+    path: str
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeline:
+    """Frame times of a source before any pixel is decoded."""
+
+    times: np.ndarray  # (n,) float64 seconds, sorted, relative to the clip start
+    keys: np.ndarray  # (n,) source keys: pts for videos, file paths for folders
+    duration: float
+    height: int
+    width: int
+    path: str
+
+
+def select(times: np.ndarray, duration: float, sampling: Sampling) -> np.ndarray:
+    """Indices into `times` of the frames to use, increasing and unique."""
+    n = len(times)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    if sampling.num_frames is not None:
+        idx = np.unique(np.linspace(0, n - 1, sampling.num_frames).round().astype(np.int64))
+    else:
+        targets = np.arange(0.0, duration - _EPS, 1.0 / sampling.fps)
+        idx = np.searchsorted(times, targets + _EPS, side="right") - 1
+        idx = np.unique(idx[idx >= 0])
+    if len(idx) > sampling.max_frames:
+        if sampling.too_long == "error":
+            raise MediaError(
+                f"{len(idx)} frames sampled, more than max_frames={sampling.max_frames}"
+            )
+        if sampling.too_long == "head":
+            idx = idx[: sampling.max_frames]
+        else:
+            idx = idx[np.linspace(0, len(idx) - 1, sampling.max_frames).round().astype(np.int64)]
+            idx = np.unique(idx)
+    return idx
+
+
+def _clip_window(times: np.ndarray, clip: tuple[float, float] | None, last_end: float, path):
+    start, end = (0.0, math.inf) if clip is None else (float(clip[0]), float(clip[1]))
+    if not (0 <= start < end):
+        raise MediaError(f"{path}: bad clip [{start}, {end})")
+    keep = (times >= start - _EPS) & (times < end - _EPS)
+    # A clip starting mid-frame still shows the frame on screen at its start.
+    first = np.searchsorted(times, start + _EPS, side="right") - 1
+    if first >= 0:
+        keep[first] = True
+    if not keep.any():
+        raise MediaError(f"{path}: clip [{start}, {end}) holds no frames")
+    duration = min(end, last_end) - start
+    return keep, start, duration
+
+
+def _open_video(path: str, threads: int):
+    import av
+
+    try:
+        container = av.open(path)
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise MediaError(f"{path}: cannot open video ({type(e).__name__}: {e})") from e
+    if not container.streams.video:
+        container.close()
+        raise MediaError(f"{path}: no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+    stream.codec_context.thread_count = threads
+    return container, stream
+
+
+def video_timeline(path: str | Path, clip=None, threads: int = 1) -> Timeline:
+    """Frame times from the demuxed packets (no decoding)."""
+    import av
+
+    path = str(path)
+    container, stream = _open_video(path, threads)
+    try:
+        pts = []
+        last_duration = 0
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            if packet.pts is None:
+                raise MediaError(f"{path}: packets without timestamps are not supported")
+            pts.append(packet.pts)
+            last_duration = packet.duration or 0
+        height, width = stream.codec_context.height, stream.codec_context.width
+        tb = stream.time_base
+    except av.FFmpegError as e:
+        raise MediaError(f"{path}: corrupt video ({type(e).__name__}: {e})") from e
+    finally:
+        container.close()
+    if not pts:
+        raise MediaError(f"{path}: the video has no frames")
+    if not width or not height:
+        raise MediaError(f"{path}: zero-size frames ({width}x{height})")
+    pts = np.unique(np.asarray(pts, np.int64))
+    origin = stream.start_time if stream.start_time is not None else int(pts[0])
+    times = (pts - origin) * float(tb)
+    if last_duration <= 0 and len(times) > 1:
+        last_duration_s = float(np.median(np.diff(times)))
+    else:
+        last_duration_s = last_duration * float(tb)
+    keep, start, duration = _clip_window(times, clip, times[-1] + last_duration_s, path)
+    return Timeline(
+        times=np.maximum(times[keep] - start, 0.0),
+        keys=pts[keep],
+        duration=duration,
+        height=height,
+        width=width,
+        path=path,
+    )
+
+
+def folder_timeline(path: str | Path, clip=None, folder_fps: float = 1.0) -> Timeline:
+    """`<idx>.jpg` files, sorted numerically; frame idx is at idx / folder_fps."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MediaError(f"{path}: frame folder not found")
+    files = {}
+    for f in path.iterdir():
+        m = FRAME_NAME.match(f.name)
+        if m:
+            files[int(m.group(1))] = f
+    if not files:
+        raise MediaError(f"{path}: no <idx>.jpg frames in the folder")
+    idx = np.array(sorted(files), np.int64)
+    times = idx / folder_fps
+    keep, start, duration = _clip_window(times, clip, times[-1] + 1 / folder_fps, path)
+    first = files[int(idx[keep][0])]
+    try:
+        with Image.open(first) as im:
+            width, height = im.size
+    except (OSError, UnidentifiedImageError) as e:
+        raise MediaError(f"{first}: unreadable frame ({e})") from e
+    if not width or not height:
+        raise MediaError(f"{first}: zero-size frame")
+    return Timeline(
+        times=np.maximum(times[keep] - start, 0.0),
+        keys=np.array([str(files[int(i)]) for i in idx[keep]], dtype=object),
+        duration=duration,
+        height=height,
+        width=width,
+        path=str(path),
+    )
+
+
+def timeline(path: str | Path, clip=None, sampling: Sampling = Sampling()) -> Timeline:
+    path = Path(path)
+    if path.is_dir():
+        return folder_timeline(path, clip, sampling.folder_fps)
+    if not path.exists():
+        raise MediaError(f"{path}: media not found")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty file")
+    return video_timeline(path, clip, sampling.decode_threads)
+
+
+def _decode_video(tl: Timeline, idx: np.ndarray, threads: int) -> list[np.ndarray]:
+    import av
+
+    wanted = {int(tl.keys[i]): k for k, i in enumerate(idx)}
+    out: list[np.ndarray | None] = [None] * len(idx)
+    container, stream = _open_video(tl.path, threads)
+    last = int(tl.keys[idx[-1]])
+    remaining = len(wanted)
+    try:
+        for frame in container.decode(stream):
+            pts = frame.pts
+            k = wanted.get(pts) if pts is not None else None
+            if k is not None and out[k] is None:
+                out[k] = frame.to_ndarray(format="rgb24")
+                remaining -= 1
+                if remaining == 0:
+                    break
+            if pts is not None and pts > last:
+                break
+    except av.FFmpegError as e:
+        raise MediaError(f"{tl.path}: corrupt video ({type(e).__name__}: {e})") from e
+    finally:
+        container.close()
+    missing = [float(tl.times[i]) for k, i in enumerate(idx) if out[k] is None]
+    if missing:
+        raise MediaError(
+            f"{tl.path}: truncated or corrupt video, {len(missing)} of {len(idx)} sampled frames "
+            f"could not be decoded (first at {missing[0]:.2f} s)"
+        )
+    return out  # type: ignore[return-value]
+
+
+def _read_frame(path: str) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise MediaError(f"{path}: unreadable frame ({e})") from e
+    if arr.size == 0:
+        raise MediaError(f"{path}: zero-size frame")
+    return arr
+
+
+def read_clip(
+    path: str | Path,
+    sampling: Sampling = Sampling(),
+    clip: tuple[float, float] | None = None,
+    tl: Timeline | None = None,
+    idx: Sequence[int] | None = None,
+) -> Clip:
+    """Sampled frames of a video file or frame folder. `tl`/`idx` reuse an
+    earlier `timeline`/`select` (e.g. after dropping frames to fit a budget)."""
+    tl = tl if tl is not None else timeline(path, clip, sampling)
+    idx = np.asarray(select(tl.times, tl.duration, sampling) if idx is None else idx, np.int64)
+    if len(idx) == 0:
+        raise MediaError(f"{tl.path}: no frames sampled")
+    if Path(tl.path).is_dir():
+        frames = [_read_frame(tl.keys[i]) for i in idx]
+    else:
+        frames = _decode_video(tl, idx, sampling.decode_threads)
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise MediaError(f"{tl.path}: frames change size within the video: {sorted(shapes)}")
+    return Clip(frames=frames, times=tl.times[idx].copy(), duration=tl.duration, path=tl.path)

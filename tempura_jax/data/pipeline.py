@@ -1,0 +1,203 @@
+"""The Grain pipeline: records -> examples -> fixed-shape batches.
+
+records (this process's shard) -> epoch shuffle -> repeat -> build examples
+(in worker processes) -> batch, carrying skipped records along -> prefetch.
+
+Skips travel inside the batches to the main process, which logs and counts
+them in one place (`SkipLog`), so worker processes lose nothing. The
+iterator's state (Grain's plus the skip counts) is a small JSON-able dict:
+restoring it resumes mid-epoch at exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import numpy as np
+
+from tempura_jax.config import ModelConfig
+from tempura_jax.data.batching import collate
+from tempura_jax.data.config import DataConfig
+from tempura_jax.data.records import Problem, Record, load_records
+from tempura_jax.data.sample import Example, ExampleBuilder, SampleError
+from tempura_jax.data.skips import SkipLog
+from tempura_jax.data.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def from_jax(cls) -> Shard:
+        import jax
+
+        return cls(jax.process_index(), jax.process_count())
+
+
+def shard_records(records: list[Record], shard: Shard) -> list[Record]:
+    """Disjoint, equal-sized shards (the remainder N mod count is dropped) so
+    every process runs the same number of steps."""
+    per = len(records) // shard.count
+    return records[shard.index :: shard.count][:per]
+
+
+class BuildExample(grain.transforms.Map):
+    """Record -> Example, or the Problem that stopped it. Built lazily so each
+    worker process constructs its own tokenizer."""
+
+    def __init__(self, cfg: DataConfig, model_cfg: ModelConfig):
+        self.cfg, self.model_cfg = cfg, model_cfg
+        self._builder: ExampleBuilder | None = None
+
+    def __getstate__(self):
+        return {"cfg": self.cfg, "model_cfg": self.model_cfg, "_builder": None}
+
+    def map(self, rec: Record) -> Example | Problem:
+        if self._builder is None:
+            self._builder = ExampleBuilder(self.cfg, Tokenizer(self.cfg.tokenizer), self.model_cfg)
+        try:
+            return self._builder.build(rec)
+        except SampleError as e:
+            return Problem(e.source, e.reason, e.detail)
+        except Exception as e:  # noqa: BLE001 - one bad record must not end the run
+            return Problem(rec.source, "error", f"{type(e).__name__}: {e}")
+
+
+class _BatchIterator(grain.DatasetIterator):
+    def __init__(self, parent, size: int, collate_fn, drop_remainder: bool):
+        super().__init__(parent)
+        self._size, self._collate, self._drop = size, collate_fn, drop_remainder
+
+    def __next__(self) -> dict[str, Any]:
+        examples: list[Example] = []
+        skipped: list[Problem] = []
+        while len(examples) < self._size:
+            try:
+                item = next(self._parent)
+            except StopIteration:
+                if examples and not self._drop:
+                    break
+                if skipped:  # skips at the very end still reach the log
+                    return {"skipped": skipped}
+                raise
+            (skipped if isinstance(item, Problem) else examples).append(item)
+        batch = self._collate(examples)
+        batch["sources"] = np.array(
+            [e.source for e in examples] + [""] * (self._size - len(examples))
+        )
+        batch["skipped"] = skipped
+        return batch
+
+    def get_state(self):
+        return self._parent.get_state()
+
+    def set_state(self, state):
+        self._parent.set_state(state)
+
+
+class BatchExamples(grain.IterDataset):
+    """Batches Examples; Problems are not counted against the batch size but
+    ride along in `batch["skipped"]`."""
+
+    def __init__(self, parent: grain.IterDataset, size: int, collate_fn, drop_remainder: bool):
+        super().__init__(parent)
+        self._size, self._collate, self._drop = size, collate_fn, drop_remainder
+
+    def __iter__(self):
+        return _BatchIterator(self._parent.__iter__(), self._size, self._collate, self._drop)
+
+
+class Collate:
+    def __init__(self, cfg: DataConfig, model_cfg: ModelConfig, pad_id: int):
+        self.cfg, self.model_cfg, self.pad_id = cfg, model_cfg, pad_id
+
+    def __call__(self, examples: list[Example]) -> dict[str, np.ndarray]:
+        return collate(examples, self.cfg, self.model_cfg, self.pad_id, self.cfg.batch_size)
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A data set ready to iterate: this process's records and its skip log."""
+
+    cfg: DataConfig
+    model_cfg: ModelConfig
+    records: list[Record]
+    skips: SkipLog
+    shard: Shard
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.records) // self.cfg.batch_size
+
+    def grain_dataset(self, drop_remainder: bool = True) -> grain.IterDataset:
+        cfg = self.cfg
+        ds = grain.MapDataset.source(self.records)
+        if cfg.shuffle:
+            ds = ds.shuffle(seed=cfg.seed)
+        ds = ds.repeat(cfg.num_epochs)
+        ds = ds.map(BuildExample(cfg, self.model_cfg)).to_iter_dataset()
+        pad_id = Tokenizer(cfg.tokenizer).pad_id
+        ds = BatchExamples(ds, cfg.batch_size, Collate(cfg, self.model_cfg, pad_id), drop_remainder)
+        if cfg.workers > 0:
+            ds = ds.mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=cfg.workers, per_worker_buffer_size=cfg.prefetch
+                )
+            )
+        return ds
+
+    def __iter__(self) -> DataIterator:
+        return DataIterator(self)
+
+
+class DataIterator(Iterator[dict[str, np.ndarray]]):
+    """Batches for training; logs skips; `get_state`/`set_state` for checkpoints."""
+
+    def __init__(self, dataset: Dataset, drop_remainder: bool = True):
+        self.dataset = dataset
+        self._it = iter(dataset.grain_dataset(drop_remainder))
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        while True:
+            batch = next(self._it)
+            for p in batch.pop("skipped"):
+                log.warning("skipped %s", p)
+                self.dataset.skips.add(p)
+            if "input_ids" in batch:
+                return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return {"grain": self._it.get_state(), "skips": self.dataset.skips.state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._it.set_state(state["grain"])
+        self.dataset.skips.restore(state["skips"])
+
+
+def load_dataset(cfg: DataConfig, model_cfg: ModelConfig, shard: Shard | None = None) -> Dataset:
+    """Read and validate the record files, shard them for this process, and
+    log the records that failed validation."""
+    shard = shard or Shard()
+    if not cfg.data:
+        raise ValueError("no data files given (data.data)")
+    Tokenizer(cfg.tokenizer).check(model_cfg)  # fail fast on a mismatched tokenizer
+    records, problems, seen = load_records(list(cfg.data), cfg.media_root)
+    # Record problems are counted by the process that owns their index.
+    mine = [p for i, p in enumerate(problems) if i % shard.count == shard.index]
+    records = shard_records(records, shard)
+    skips = SkipLog(cfg.skip_log, cfg.max_skip_fraction, max(seen // shard.count, 1))
+    for p in mine:
+        log.warning("skipped %s", p)
+        skips.add(p, fatal_check=False)
+    skips.check()
+    if not records:
+        raise ValueError(f"no usable records in {list(cfg.data)}: {skips.summary()}")
+    return Dataset(cfg, model_cfg, records, skips, shard)

@@ -1,0 +1,138 @@
+"""Pixel rows exactly as transformers' Qwen2VL image processor makes them, in NumPy.
+
+smart_resize (multiples of 28 within [min_pixels, max_pixels]), PIL bicubic
+resize, rescale by 1/255 and CLIP normalisation (one float32 lookup table per
+channel: the same float32 arithmetic as the processor), then patch rows of
+3*2*14*14 values in the processor's merge-window order. No torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelConfig:
+    """Defaults are TEMPURA's: min = max = 320*180 pixels, so a 16:9 frame
+    becomes 336x196 (12x7 merged tokens)."""
+
+    min_pixels: int = 320 * 180
+    max_pixels: int = 320 * 180
+    patch_size: int = 14
+    merge_size: int = 2
+    temporal_patch_size: int = 2
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+    def __post_init__(self):
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self}")
+
+    @property
+    def factor(self) -> int:
+        return self.patch_size * self.merge_size
+
+    @property
+    def row_size(self) -> int:
+        return 3 * self.temporal_patch_size * self.patch_size**2
+
+
+def smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = 3136, max_pixels: int = 1003520
+) -> tuple[int, int]:
+    """Qwen's resize target: multiples of `factor`, aspect ratio kept, area in range."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"zero-size frame {width}x{height}")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio of {width}x{height} is above 200")
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def target_size(height: int, width: int, cfg: PixelConfig) -> tuple[int, int]:
+    return smart_resize(height, width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+
+
+def tokens_per_frame(height: int, width: int, cfg: PixelConfig) -> int:
+    """Merged (LLM) tokens of one frame in per-frame image mode."""
+    h, w = target_size(height, width, cfg)
+    return (h // cfg.factor) * (w // cfg.factor)
+
+
+def _lut(cfg: PixelConfig) -> np.ndarray:
+    """(3, 256) float32: the processor's rescale (float64 product, cast to
+    float32) followed by its float32 normalisation."""
+    scaled = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
+    mean = np.asarray(cfg.mean, np.float32)[:, None]
+    std = np.asarray(cfg.std, np.float32)[:, None]
+    return (scaled[None, :] - mean) / std
+
+
+def resize(frames: list[np.ndarray], cfg: PixelConfig) -> np.ndarray:
+    """(n, H', W', 3) uint8: every frame bicubic-resized to its smart_resize size."""
+    h, w = frames[0].shape[:2]
+    th, tw = target_size(h, w, cfg)
+    out = np.empty((len(frames), th, tw, 3), np.uint8)
+    for i, f in enumerate(frames):
+        if f.shape[:2] != (h, w):
+            raise ValueError(f"frame {i} is {f.shape[:2]}, frame 0 is {(h, w)}")
+        out[i] = f if (th, tw) == (h, w) else Image.fromarray(f).resize((tw, th), Image.BICUBIC)
+    return out
+
+
+def patchify(
+    resized: np.ndarray, cfg: PixelConfig, as_video: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel rows and grid_thw rows of resized uint8 frames.
+
+    Images: every frame is one image (repeated to the temporal patch size),
+    one grid row each. Video: consecutive frames are paired into temporal
+    patches (the last frame repeated when the count is odd), one grid row.
+    """
+    n, h, w, _ = resized.shape
+    p, m, tp = cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size
+    gh, gw = h // p, w // p
+    if as_video:
+        if n % tp:
+            resized = np.concatenate([resized, np.repeat(resized[-1:], tp - n % tp, 0)])
+        t = resized.shape[0] // tp
+        x = resized.reshape(t, tp, gh // m, m, p, gw // m, m, p, 3)
+        # -> (t, gh/m, gw/m, m, m, C, tp, p, p)
+        x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
+        grid = np.array([[t, gh, gw]], np.int64)
+    else:
+        x = resized.reshape(n, 1, gh // m, m, p, gw // m, m, p, 3)
+        x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
+        x = np.broadcast_to(x, (*x.shape[:6], tp, p, p))
+        grid = np.tile(np.array([[1, gh, gw]], np.int64), (n, 1))
+    x = np.ascontiguousarray(x).reshape(-1, 3, tp * p * p)
+    lut = _lut(cfg)
+    rows = np.empty(x.shape, np.float32)
+    for c in range(3):
+        np.take(lut[c], x[:, c], out=rows[:, c])
+    return rows.reshape(-1, cfg.row_size), grid
+
+
+def process_frames(
+    frames: list[np.ndarray], cfg: PixelConfig = PixelConfig(), as_video: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pixel_values (rows, 1176) float32, grid_thw (k, 3) int64), like the processor."""
+    if not frames:
+        raise ValueError("no frames to process")
+    return patchify(resize(frames, cfg), cfg, as_video)
