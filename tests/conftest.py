@@ -118,3 +118,31 @@ def vision_block(grid, token=IMAGE, merge=2):
 def pixels(grid_rows, seed=0):
     n = int(sum(np.prod(g) for g in grid_rows))
     return np.random.default_rng(seed).standard_normal((n, 1176)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    """A small demo data set (4 short videos, one also as a frame folder)."""
+    from tempura_jax.data.demo import DemoSpec, make_demo_data
+
+    out = tmp_path_factory.mktemp("demo")
+    return make_demo_data(
+        out, DemoSpec(num_videos=4, min_seconds=10, max_seconds=16, frame_folders=1)
+    )
+
+
+def demo_data_config(demo, **kw):
+    """A DataConfig over the demo set with a small pixel budget (56x84 frames)."""
+    from tempura_jax.data.config import DataConfig
+    from tempura_jax.data.processor import PixelConfig
+
+    base = dict(
+        data=(demo["stage2"],),
+        media_root=demo["media_root"],
+        tokenizer=demo["tokenizer"],
+        pixels=PixelConfig(min_pixels=112 * 56, max_pixels=112 * 56),
+        max_seq_len=1024,
+        batch_size=2,
+        seed=0,
+    )
+    return DataConfig(**{**base, **kw})

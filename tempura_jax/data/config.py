@@ -41,8 +41,11 @@ class DataConfig:
     seed: int = 0
     shuffle: bool = True
     num_epochs: int | None = 1  # None repeats forever
-    workers: int = 0  # Grain worker processes (0: in the main process)
-    prefetch: int = 2  # batches buffered per worker
+    # Examples are built by `read_threads` threads (decoding, resizing and
+    # tokenising release the GIL) in each of `workers` processes (0: this one).
+    read_threads: int = 4
+    workers: int = 0
+    prefetch: int = 2  # batches buffered per worker process
     max_skip_fraction: float = 0.05
     skip_log: str | None = None  # JSON lines, one per skipped record
     pixel_dtype: str = "float32"  # or "bfloat16": half the host-to-device bytes

@@ -155,8 +155,10 @@ def video_timeline(path: str | Path, clip=None, threads: int = 1) -> Timeline:
                 raise MediaError(f"{path}: packets without timestamps are not supported")
             pts.append(packet.pts)
             last_duration = packet.duration or 0
+        # Read every stream field before closing: they live in freed memory after.
         height, width = stream.codec_context.height, stream.codec_context.width
-        tb = stream.time_base
+        tb = float(stream.time_base)
+        start_time = stream.start_time
     except av.FFmpegError as e:
         raise MediaError(f"{path}: corrupt video ({type(e).__name__}: {e})") from e
     finally:
@@ -166,12 +168,12 @@ def video_timeline(path: str | Path, clip=None, threads: int = 1) -> Timeline:
     if not width or not height:
         raise MediaError(f"{path}: zero-size frames ({width}x{height})")
     pts = np.unique(np.asarray(pts, np.int64))
-    origin = stream.start_time if stream.start_time is not None else int(pts[0])
-    times = (pts - origin) * float(tb)
+    origin = start_time if start_time is not None else int(pts[0])
+    times = (pts - origin) * tb
     if last_duration <= 0 and len(times) > 1:
         last_duration_s = float(np.median(np.diff(times)))
     else:
-        last_duration_s = last_duration * float(tb)
+        last_duration_s = last_duration * tb
     keep, start, duration = _clip_window(times, clip, times[-1] + last_duration_s, path)
     return Timeline(
         times=np.maximum(times[keep] - start, 0.0),

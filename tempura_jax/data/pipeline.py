@@ -143,10 +143,16 @@ class Dataset:
         if cfg.shuffle:
             ds = ds.shuffle(seed=cfg.seed)
         ds = ds.repeat(cfg.num_epochs)
-        ds = ds.map(BuildExample(cfg, self.model_cfg)).to_iter_dataset()
+        ds = ds.map(BuildExample(cfg, self.model_cfg)).to_iter_dataset(
+            grain.ReadOptions(
+                num_threads=cfg.read_threads,
+                prefetch_buffer_size=2 * cfg.read_threads * cfg.batch_size,
+            )
+        )
         pad_id = Tokenizer(cfg.tokenizer).pad_id
         ds = BatchExamples(ds, cfg.batch_size, Collate(cfg, self.model_cfg, pad_id), drop_remainder)
         if cfg.workers > 0:
+            _absl_flags_parsed()
             ds = ds.mp_prefetch(
                 grain.MultiprocessingOptions(
                     num_workers=cfg.workers, per_worker_buffer_size=cfg.prefetch
@@ -180,6 +186,15 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
     def set_state(self, state: dict[str, Any]) -> None:
         self._it.set_state(state["grain"])
         self.dataset.skips.restore(state["skips"])
+
+
+def _absl_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; outside `absl.app.run` they
+    are never parsed, so take the defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def load_dataset(cfg: DataConfig, model_cfg: ModelConfig, shard: Shard | None = None) -> Dataset:

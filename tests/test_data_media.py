@@ -1,0 +1,118 @@
+"""Video and frame-folder reading: container times (VFR), sampling policies,
+clips, and a clear error for every kind of unreadable media."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tempura_jax.data import media
+from tempura_jax.data.media import MediaError, Sampling
+from tempura_jax.data.video_io import write_video
+
+
+def coded_frames(n, h=64, w=96):
+    """Frame i is a flat grey of 8 * i: its index survives lossy coding."""
+    return [np.full((h, w, 3), min(8 * i, 255), np.uint8) for i in range(n)]
+
+
+def frame_index(frame):
+    return int(round(frame.mean() / 8))
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm", ".avi"])
+def test_containers_cfr(tmp_path, suffix):
+    path = tmp_path / f"v{suffix}"
+    write_video(path, coded_frames(30), fps=10)
+    tl = media.timeline(path)
+    np.testing.assert_allclose(tl.times, np.arange(30) / 10, atol=1e-6)
+    assert (tl.width, tl.height) == (96, 64)
+    assert tl.duration == pytest.approx(3.0)
+    clip = media.read_clip(path)  # 1 FPS
+    np.testing.assert_allclose(clip.times, [0, 1, 2], atol=1e-6)
+    assert [frame_index(f) for f in clip.frames] == [0, 10, 20]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_vfr_times_match_container(tmp_path, suffix):
+    import av
+
+    times = [0, 0.1, 0.5, 0.55, 1.7, 2.0, 2.05, 3.3, 3.9, 4.2]
+    path = tmp_path / f"vfr{suffix}"
+    write_video(path, coded_frames(len(times)), times=times)
+    with av.open(str(path)) as c:  # the container's own presentation times
+        s = c.streams.video[0]
+        container_times = sorted(float(f.time) for f in c.decode(s))
+    tl = media.timeline(path)
+    np.testing.assert_allclose(tl.times, np.array(container_times) - container_times[0], atol=1e-9)
+    np.testing.assert_allclose(tl.times, times, atol=1e-3)
+    # At 1 FPS each target second takes the frame on screen then.
+    clip = media.read_clip(path, Sampling(fps=1.0))
+    np.testing.assert_allclose(clip.times, [0, 0.55, 2.0, 2.05, 3.9], atol=1e-3)
+    assert [frame_index(f) for f in clip.frames] == [0, 3, 5, 6, 8]
+
+
+def test_uniform_and_max_frames(tmp_path):
+    path = tmp_path / "v.mp4"
+    write_video(path, coded_frames(30), fps=10)
+    clip = media.read_clip(path, Sampling(num_frames=4))
+    assert [frame_index(f) for f in clip.frames] == [0, 10, 19, 29]  # linspace(0, 29, 4)
+    tl = media.timeline(path)
+    idx = media.select(tl.times, tl.duration, Sampling(fps=10, max_frames=5, too_long="uniform"))
+    assert idx.tolist() == [0, 7, 14, 22, 29]  # spread over the whole video
+    idx = media.select(tl.times, tl.duration, Sampling(fps=10, max_frames=5, too_long="head"))
+    assert idx.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(MediaError, match="max_frames"):
+        media.select(tl.times, tl.duration, Sampling(fps=10, max_frames=5, too_long="error"))
+
+
+def test_clip_is_a_video_of_its_own(tmp_path):
+    path = tmp_path / "v.mp4"
+    write_video(path, coded_frames(30), fps=10)
+    clip = media.read_clip(path, Sampling(fps=2.0), clip=(1.05, 2.6))
+    # The frame on screen at 1.05 s (index 10) is the clip's time 0.
+    assert [frame_index(f) for f in clip.frames] == [10, 15, 20, 25]
+    np.testing.assert_allclose(clip.times, [0, 0.45, 0.95, 1.45], atol=1e-6)
+    assert clip.duration == pytest.approx(1.55)
+
+
+def test_frame_folder_numeric_order(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in (0, 1, 2, 9, 10, 11):
+        Image.fromarray(coded_frames(12)[i]).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("ignored")
+    tl = media.timeline(folder, sampling=Sampling(folder_fps=1.0))
+    np.testing.assert_allclose(tl.times, [0, 1, 2, 9, 10, 11])
+    clip = media.read_clip(folder, Sampling(fps=0.5))
+    # Targets 0, 2, ..., 10 s: 4, 6 and 8 s still show frame 2; repeats collapse.
+    assert [frame_index(f) for f in clip.frames] == [0, 2, 10]
+    assert len(clip.times) == len(set(clip.times))
+
+
+def bad_media(tmp_path):
+    good = tmp_path / "good.mp4"
+    write_video(good, coded_frames(40), fps=10)
+    data = good.read_bytes()
+    cases = {}
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    cases["empty.mp4"] = "empty file"
+    (tmp_path / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    cases["corrupt.mp4"] = "cannot open|corrupt"
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    cases["truncated.mp4"] = "cannot open|corrupt|truncated"
+    cases["missing.mp4"] = "not found"
+    cases["missing_folder"] = "not found"
+    (tmp_path / "no_frames").mkdir()
+    cases["no_frames"] = "no <idx>.jpg"
+    zero = tmp_path / "zero_frame"
+    zero.mkdir()
+    (zero / "0.jpg").write_bytes(b"")
+    cases["zero_frame"] = "unreadable frame"
+    return cases
+
+
+def test_bad_media_errors_name_the_path(tmp_path):
+    for name, pattern in bad_media(tmp_path).items():
+        with pytest.raises(MediaError, match=pattern) as e:
+            media.read_clip(tmp_path / name)
+        assert name in str(e.value)
