@@ -116,3 +116,18 @@ def test_bad_media_errors_name_the_path(tmp_path):
         with pytest.raises(MediaError, match=pattern) as e:
             media.read_clip(tmp_path / name)
         assert name in str(e.value)
+
+
+def test_skipping_nonreference_frames_is_exact(tmp_path):
+    """Unsampled non-reference (B) frames are dropped by the decoder; every
+    kept frame is bit-identical to a full decode."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (72, 128, 3), dtype=np.uint8)
+    frames = [np.roll(base, 3 * i, axis=1) for i in range(60)]
+    path = tmp_path / "b.mp4"
+    write_video(path, frames, fps=12, crf=30)
+    for sampling in (Sampling(fps=1.0), Sampling(fps=5.0), Sampling(num_frames=7)):
+        fast = media.read_clip(path, sampling)
+        full = media.read_clip(path, Sampling(**{**sampling.__dict__, "skip_nonref": False}))
+        np.testing.assert_array_equal(fast.times, full.times)
+        assert all(np.array_equal(a, b) for a, b in zip(fast.frames, full.frames, strict=True))

@@ -19,6 +19,63 @@ def test_demo(tmp_path):
     assert "round trip bit-exact: True" in out
     assert "temporal id of each frame: [3, 10, 17]" in out
     assert "all finite: True" in out
+    assert "[4/4] demo data" in out and "skipped so far: none" in out
+
+
+def test_make_demo_data_and_check(tmp_path):
+    """The demo set's events are exact for its videos, and check_data agrees."""
+    from tempura_jax.data import media
+    from tempura_jax.data.events import event_problems, parse_events
+
+    out = tmp_path / "d"
+    paths = json.loads(
+        run("launch/make_demo_data.py", "--out", str(out), "--videos", "3", "--max-seconds", "12")
+    )
+    records = json.loads(Path(paths["stage2"]).read_text())
+    assert len(records) == 3 and any(r["video"].startswith("frames/") for r in records)
+    for r in records:
+        tl = media.timeline(out / r["video"])
+        events = parse_events(r["conversations"][1]["value"])
+        assert event_problems(events, tl.duration, tol=1.0) == []
+        assert events[0].start == 0 and abs(events[-1].end - tl.duration) <= 1.0
+    assert Path(paths["charades"]).read_text().count("##") >= 6
+    assert all(json.loads(x)["duration"] > 0 for x in Path(paths["qvhighlights"]).open())
+    report = run(
+        "launch/check_data.py",
+        "--data",
+        paths["stage1"],
+        paths["stage2"],
+        "--media-root",
+        paths["media_root"],
+        "--tokenizer",
+        paths["tokenizer"],
+        "--max-pixels",
+        str(112 * 56),
+        "--min-pixels",
+        str(112 * 56),
+    )
+    summary = json.loads(report[report.index("{") :])
+    assert summary["problems"] == {} and summary["usable"] == summary["records"]
+
+
+def test_data_bench_tiny(tmp_path):
+    result = tmp_path / "d.json"
+    run(
+        "bench/data_pipeline.py",
+        "--no-reference",
+        "--sizes",
+        "360p",
+        "--seconds",
+        "3",
+        "--repeats",
+        "1",
+        "--videos-dir",
+        str(tmp_path / "v"),
+        "--out",
+        str(result),
+    )
+    rows = json.loads(result.read_text())["results"]
+    assert len(rows) == 2 and all(r["frames"] == 3 and r["frames_per_core_s"] > 0 for r in rows)
 
 
 def test_convert_bench_tiny(tmp_path):

@@ -154,7 +154,11 @@ class ExampleBuilder:
         if is_masked and cfg.blank_masked:
             blank = masked_frames(clip.times, rec.masked, cfg.mask_fps)
             frames = [np.zeros_like(f) if b else f for f, b in zip(frames, blank, strict=True)]
-        frames = [stamp(f, float(t), cfg.stamp) for f, t in zip(frames, clip.times, strict=True)]
+        # Decoded and blanked frames are fresh arrays: stamp them in place.
+        frames = [
+            stamp(f, float(t), cfg.stamp, inplace=True)
+            for f, t in zip(frames, clip.times, strict=True)
+        ]
         return frames, clip.times, clip.duration
 
     def build(self, rec: Record) -> Example:

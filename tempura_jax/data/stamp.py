@@ -61,8 +61,11 @@ def stamp_box(width: int, height: int, text: str, cfg: StampConfig) -> tuple[int
     return x0, y0, min(width, x0 + w), min(height, y0 + h)
 
 
-def stamp(frame: np.ndarray, t: float, cfg: StampConfig = StampConfig()) -> np.ndarray:
-    """A copy of `frame` (H x W x 3 uint8) with time `t` drawn on it."""
+def stamp(
+    frame: np.ndarray, t: float, cfg: StampConfig = StampConfig(), inplace: bool = False
+) -> np.ndarray:
+    """`frame` (H x W x 3 uint8) with time `t` drawn on it: a copy, or the
+    frame itself when `inplace` (the pipeline owns its decoded frames)."""
     if not cfg.enabled:
         return frame
     height, width = frame.shape[:2]
@@ -70,10 +73,9 @@ def stamp(frame: np.ndarray, t: float, cfg: StampConfig = StampConfig()) -> np.n
     x0, y0, x1, y1 = stamp_box(width, height, text, cfg)
     size = max(1, int(width * cfg.size))
     pad = int(round(size * cfg.margin))
-    # Draw only on the box region: cheap on 1080p frames.
-    region = Image.fromarray(np.ascontiguousarray(frame[y0:y1, x0:x1]))
-    region.paste((0, 0, 0), (0, 0, x1 - x0, y1 - y0))
-    ImageDraw.Draw(region).text((pad, pad), text, font=_font(cfg.font, size), fill=(255, 255, 255))
-    out = frame.copy()
-    out[y0:y1, x0:x1] = np.asarray(region)
+    # Render only the box (cheap on 1080p frames), then paste it.
+    box = Image.new("RGB", (x1 - x0, y1 - y0))
+    ImageDraw.Draw(box).text((pad, pad), text, font=_font(cfg.font, size), fill=(255, 255, 255))
+    out = frame if inplace else frame.copy()
+    out[y0:y1, x0:x1] = np.asarray(box)
     return out
