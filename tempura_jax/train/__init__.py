@@ -1,0 +1,1 @@
+"""Training: loss, optimiser groups and schedules, the sharded step, checkpoints."""

@@ -1,0 +1,120 @@
+"""AdamW with TEMPURA's parameter groups, per-group schedules, a weight-decay
+mask, global-norm clipping and freezing.
+
+Groups by parameter path: under `visual` but not `merger` -> "vision"
+(2e-6), `merger` -> "merger" (1e-5), everything else -> "llm" (1e-5).
+Frozen parameters are outside the optimiser's `wrt` filter: they get no
+gradient, no optimiser state and are never written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import optax
+from flax import nnx
+
+GROUPS = ("vision", "merger", "llm")
+NO_DECAY_LEAVES = ("scale", "bias")  # RMSNorm scales and biases
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    vision_lr: float = 2e-6
+    merger_lr: float = 1e-5
+    llm_lr: float = 1e-5
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0  # cosine decays to peak * min_lr_ratio
+    max_grad_norm: float = 1.0
+    freeze_vision_tower: bool = False
+    freeze_llm: bool = False
+    tune_merger: bool = True
+
+    def lr(self, group: str) -> float:
+        return {"vision": self.vision_lr, "merger": self.merger_lr, "llm": self.llm_lr}[group]
+
+
+def _names(path: Sequence) -> tuple:
+    out = []
+    for p in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(p, attr):
+                p = getattr(p, attr)
+                break
+        out.append(p)
+    return tuple(out)
+
+
+def group_of(path: Sequence) -> str:
+    names = _names(path)
+    if "merger" in names:
+        return "merger"
+    return "vision" if names and names[0] == "visual" else "llm"
+
+
+def decays(path: Sequence) -> bool:
+    return _names(path)[-1] not in NO_DECAY_LEAVES
+
+
+def trainable(path: Sequence, cfg: OptimConfig) -> bool:
+    return {
+        "vision": not cfg.freeze_vision_tower,
+        "merger": cfg.tune_merger,
+        "llm": not cfg.freeze_llm,
+    }[group_of(path)]
+
+
+def schedule(peak: float, total_steps: int, cfg: OptimConfig) -> optax.Schedule:
+    """Linear warm-up from 0 over warmup_ratio of the steps, then cosine."""
+    total = max(int(total_steps), 1)
+    warmup = min(int(round(cfg.warmup_ratio * total)), total - 1)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak, warmup, total, end_value=peak * cfg.min_lr_ratio
+    )
+
+
+def schedules(cfg: OptimConfig, total_steps: int) -> dict[str, optax.Schedule]:
+    return {g: schedule(cfg.lr(g), total_steps, cfg) for g in GROUPS}
+
+
+def transform(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """Clip the global norm of the trainable gradients, then AdamW per group."""
+    scheds = schedules(cfg, total_steps)
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(lambda p, _: group_of(p), params)
+
+    def decay_mask(params):
+        return jax.tree_util.tree_map_with_path(lambda p, _: decays(p), params)
+
+    per_group = {
+        g: optax.adamw(
+            scheds[g], cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask
+        )
+        for g in GROUPS
+    }
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm), optax.multi_transform(per_group, labels)
+    )
+
+
+def trainable_filter(cfg: OptimConfig):
+    """An nnx filter: the parameters the optimiser owns."""
+
+    def keep(path, value) -> bool:
+        return isinstance(value, nnx.Param) and trainable(path, cfg)
+
+    return keep
+
+
+def make_optimizer(model: nnx.Module, cfg: OptimConfig, total_steps: int) -> nnx.Optimizer:
+    wrt = trainable_filter(cfg)
+    if not jax.tree.leaves(nnx.state(model, wrt)):
+        raise ValueError("every parameter is frozen: nothing to train")
+    return nnx.Optimizer(model, transform(cfg, total_steps), wrt=wrt)
