@@ -305,3 +305,35 @@ def test_check_data_cli_reports_every_problem(demo_data, tmp_path):
     assert summary["unreadable_files"] == [str(out / "broken.json")]
     assert sum(summary["problems"].values()) == len(reasons) + 1
     assert r.stdout.count("train.json#") == len(reasons)
+
+
+@pytest.mark.parametrize("mode", ["frames", "video"])
+def test_batch_through_the_model(demo_data, mode):
+    """A padded pipeline batch (vision with a batch axis) gives each row the
+    logits of its example run alone through the HF-style call."""
+    import jax
+    from flax import nnx
+
+    from tempura_jax.data.batching import model_inputs
+    from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL, forward_logits
+
+    cfg = demo_data_config(demo_data, visual_mode=mode)
+    b = builder(cfg)
+    examples = [b.build(r) for r in records(cfg)[:2]]
+    batch = collate(examples, cfg, MODEL, b.tok.pad_id, batch_size=3)  # one empty row
+    model = Qwen2_5_VL(MODEL, rngs=nnx.Rngs(0))
+    logits = np.asarray(forward_logits(model, jax.tree.map(np.asarray, model_inputs(batch))))
+    for i, e in enumerate(examples):
+        media = (
+            dict(
+                pixel_values_videos=e.pixel_values,
+                video_grid_thw=e.grid_thw,
+                second_per_grid_ts=e.second_per_grid_ts,
+            )
+            if mode == "video"
+            else dict(pixel_values=e.pixel_values, image_grid_thw=e.grid_thw)
+        )
+        alone = np.asarray(model(e.input_ids[None], **media).logits[0])
+        np.testing.assert_allclose(logits[i, : e.num_tokens], alone, atol=1e-4, rtol=1e-4)
+        assert np.abs(alone).max() > 0.1
+    assert np.isfinite(logits).all()

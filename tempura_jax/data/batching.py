@@ -16,6 +16,8 @@ from tempura_jax.config import ModelConfig
 from tempura_jax.data.chat import IGNORE
 from tempura_jax.data.config import DataConfig
 from tempura_jax.data.sample import Example
+from tempura_jax.model.inputs import ModelInputs
+from tempura_jax.model.vision import VisionInputs
 from tempura_jax.model.vision_geometry import vision_geometry
 
 TEXT_KEYS = ("input_ids", "segment_ids", "labels")
@@ -119,3 +121,24 @@ def _bf16():
     import ml_dtypes
 
     return np.dtype(ml_dtypes.bfloat16)
+
+
+VISION_KEYS = (
+    "pixel_values",
+    "window_index",
+    "reverse_index",
+    "window_segments",
+    "frame_segments",
+    "rotary_pos",
+)
+
+
+def model_inputs(batch: dict[str, np.ndarray]) -> ModelInputs:
+    """The model's view of a batch (vision inputs keep their batch axis)."""
+    return ModelInputs(
+        input_ids=batch["input_ids"],
+        segment_ids=batch["segment_ids"],
+        position_ids=batch["position_ids"],
+        num_image_tokens=batch["num_image_tokens"],
+        vision=VisionInputs(**{k: batch[k] for k in VISION_KEYS}),
+    )

@@ -19,7 +19,7 @@ from tempura_jax.config import ModelConfig
 from tempura_jax.model.inputs import ModelInputs, prepare_inputs
 from tempura_jax.model.layers import Dense
 from tempura_jax.model.text import TextModel
-from tempura_jax.model.vision import VisionTower
+from tempura_jax.model.vision import VisionInputs, VisionTower
 from tempura_jax.positions import rope_deltas
 
 
@@ -54,20 +54,27 @@ class Qwen2_5_VL(nnx.Module):
 
         Image features fill image tokens in order, video features (stored after
         the image ones) fill video tokens; gathers keep every shape static.
+        Vision inputs are either flat (all samples' patches in one sequence) or
+        batched (a leading batch axis, one sample per row: what the data
+        pipeline emits, so the batch axis shards like the text).
         """
         cfg = self.config
         x = self.model.embed(inputs.input_ids, cfg.compute_dtype)
         if inputs.vision is None:
             return x
-        feats = self.visual(inputs.vision).astype(x.dtype)
-        b, s, d = x.shape
-        ids = inputs.input_ids.reshape(-1)
-        is_img, is_vid = ids == cfg.image_token_id, ids == cfg.video_token_id
-        img_rank = jnp.cumsum(is_img) - 1
-        vid_rank = jnp.cumsum(is_vid) - 1 + inputs.num_image_tokens
-        index = jnp.clip(jnp.where(is_img, img_rank, vid_rank), 0, feats.shape[0] - 1)
-        x = jnp.where((is_img | is_vid)[:, None], feats[index], x.reshape(-1, d))
-        return x.reshape(b, s, d)
+        if inputs.vision.pixel_values.ndim == 3:
+            feats = _vision_per_row(self.visual, inputs.vision).astype(x.dtype)  # (B, M, D)
+            rows, n_img = inputs.input_ids, jnp.reshape(inputs.num_image_tokens, (-1, 1))
+        else:
+            feats = self.visual(inputs.vision).astype(x.dtype)[None]  # (1, M, D)
+            rows, n_img = inputs.input_ids.reshape(1, -1), inputs.num_image_tokens
+        is_img, is_vid = rows == cfg.image_token_id, rows == cfg.video_token_id
+        img_rank = jnp.cumsum(is_img, axis=1) - 1
+        vid_rank = jnp.cumsum(is_vid, axis=1) - 1 + n_img
+        index = jnp.clip(jnp.where(is_img, img_rank, vid_rank), 0, feats.shape[1] - 1)
+        picked = jnp.take_along_axis(feats, index[..., None], axis=1)
+        x = jnp.where((is_img | is_vid)[..., None], picked, x.reshape(*rows.shape, -1))
+        return x.reshape(inputs.input_ids.shape + (x.shape[-1],))
 
     def forward(self, inputs: ModelInputs) -> jax.Array:
         """Final hidden states (B, S, hidden) after the last norm."""
@@ -110,6 +117,11 @@ class Qwen2_5_VL(nnx.Module):
         )
         deltas = rope_deltas(inputs.position_ids, inputs.segment_ids)
         return ModelOutput(logits=forward_logits(self, inputs), rope_deltas=deltas)
+
+
+@nnx.vmap(in_axes=(None, 0))
+def _vision_per_row(visual: VisionTower, vision: VisionInputs) -> jax.Array:
+    return visual(vision)
 
 
 @nnx.jit
