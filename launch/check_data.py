@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -85,12 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         sampling=Sampling(fps=a.fps, max_frames=a.max_frames),
     )
     if a.min_pixels or a.max_pixels:
-        px = cfg.pixels
-        cfg = cfg.replace(
-            pixels=px.__class__(
-                min_pixels=a.min_pixels or px.min_pixels, max_pixels=a.max_pixels or px.max_pixels
-            )
-        )
+        lo = a.min_pixels or min(cfg.pixels.min_pixels, a.max_pixels)
+        hi = a.max_pixels or max(cfg.pixels.max_pixels, a.min_pixels)
+        if lo > hi:
+            p.error(f"--min-pixels {lo} is above --max-pixels {hi}")
+        cfg = cfg.replace(pixels=dataclasses.replace(cfg.pixels, min_pixels=lo, max_pixels=hi))
     records, problems, seen = load_records(list(cfg.data), cfg.media_root)
     tokens = []
     if a.workers > 1:

@@ -61,3 +61,19 @@ def test_special_text_stays_text_and_video_mode(demo_data):
     assert (ids == tok.im_end_id).sum() == 2  # the literal one in the question is text
     assert (ids == tok.video_pad_id).sum() == 4
     assert ids[0] == tok.im_start_id and tok.decode(ids[1:3]).startswith("user")
+
+
+def test_video_in_a_later_turn_is_placed_once(demo_data):
+    tok = Tokenizer(demo_data["tokenizer"])
+    turns = [
+        ("user", "Hi."),
+        ("assistant", "Hello."),
+        ("user", "<video>\nWhat happens?"),
+        ("assistant", "A circle moves."),
+    ]
+    ids, labels = chat_tokens(tok, turns, vision_tokens(tok, [4, 4], as_video=False))
+    assert (ids == tok.vision_start_id).sum() == 2
+    first_vision = np.nonzero(ids == tok.vision_start_id)[0][0]
+    assert tok.decode(ids[:first_vision], skip_special_tokens=False).count("<|im_start|>user") == 2
+    trained = tok.decode(ids[labels != IGNORE], skip_special_tokens=False)
+    assert trained == "Hello.<|im_end|>A circle moves.<|im_end|>"

@@ -46,8 +46,11 @@ def test_vfr_times_match_container(tmp_path, suffix):
     np.testing.assert_allclose(tl.times, np.array(container_times) - container_times[0], atol=1e-9)
     np.testing.assert_allclose(tl.times, times, atol=1e-3)
     # At 1 FPS each target second takes the frame on screen then.
+    # Each 1 FPS tick takes the frame on screen then; the frame keeps its own
+    # container time and stands for its tick (what is stamped and masked).
     clip = media.read_clip(path, Sampling(fps=1.0))
-    np.testing.assert_allclose(clip.times, [0, 0.55, 2.0, 2.05, 3.9], atol=1e-3)
+    np.testing.assert_allclose(clip.frame_times, [0, 0.55, 2.0, 2.05, 3.9], atol=1e-3)
+    np.testing.assert_allclose(clip.times, [0, 1, 2, 3, 4])
     assert [frame_index(f) for f in clip.frames] == [0, 3, 5, 6, 8]
 
 
@@ -57,10 +60,11 @@ def test_uniform_and_max_frames(tmp_path):
     clip = media.read_clip(path, Sampling(num_frames=4))
     assert [frame_index(f) for f in clip.frames] == [0, 10, 19, 29]  # linspace(0, 29, 4)
     tl = media.timeline(path)
-    idx = media.select(tl.times, tl.duration, Sampling(fps=10, max_frames=5, too_long="uniform"))
-    assert idx.tolist() == [0, 7, 14, 22, 29]  # spread over the whole video
-    idx = media.select(tl.times, tl.duration, Sampling(fps=10, max_frames=5, too_long="head"))
-    assert idx.tolist() == [0, 1, 2, 3, 4]
+    picks = media.select(tl.times, tl.duration, Sampling(fps=10, max_frames=5))
+    assert picks.idx.tolist() == [0, 7, 14, 22, 29]  # spread over the whole video
+    np.testing.assert_allclose(picks.times, [0, 0.7, 1.4, 2.2, 2.9])
+    picks = media.select(tl.times, tl.duration, Sampling(fps=10, max_frames=5, too_long="head"))
+    assert picks.idx.tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(MediaError, match="max_frames"):
         media.select(tl.times, tl.duration, Sampling(fps=10, max_frames=5, too_long="error"))
 
@@ -71,7 +75,8 @@ def test_clip_is_a_video_of_its_own(tmp_path):
     clip = media.read_clip(path, Sampling(fps=2.0), clip=(1.05, 2.6))
     # The frame on screen at 1.05 s (index 10) is the clip's time 0.
     assert [frame_index(f) for f in clip.frames] == [10, 15, 20, 25]
-    np.testing.assert_allclose(clip.times, [0, 0.45, 0.95, 1.45], atol=1e-6)
+    np.testing.assert_allclose(clip.times, [0, 0.5, 1.0, 1.5])
+    np.testing.assert_allclose(clip.frame_times, [0, 0.45, 0.95, 1.45], atol=1e-6)
     assert clip.duration == pytest.approx(1.55)
 
 
@@ -131,3 +136,43 @@ def test_skipping_nonreference_frames_is_exact(tmp_path):
         full = media.read_clip(path, Sampling(**{**sampling.__dict__, "skip_nonref": False}))
         np.testing.assert_array_equal(fast.times, full.times)
         assert all(np.array_equal(a, b) for a, b in zip(fast.frames, full.frames, strict=True))
+
+
+def decode_all(path):
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return {f.pts: f.to_ndarray(format="rgb24") for f in c.decode(s)}
+
+
+def test_sparse_sampling_seeks_exactly(tmp_path):
+    """Uniform picks far apart on a short-GOP video: the reader seeks to each
+    pick's keyframe, and every frame equals a full sequential decode."""
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 255, (72, 128, 3), dtype=np.uint8)
+    path = tmp_path / "gop.mp4"
+    write_video(path, [np.roll(base, 5 * i, axis=0) for i in range(120)], fps=12, gop=12)
+    ref = decode_all(path)
+    tl = media.timeline(path)
+    assert len(tl.keyframes) >= 10
+    for sampling in (Sampling(num_frames=4), Sampling(num_frames=9), Sampling(fps=0.3)):
+        clip = media.read_clip(path, sampling)
+        picks = media.select(tl.times, tl.duration, sampling)
+        for frame, i in zip(clip.frames, picks.idx, strict=True):
+            np.testing.assert_array_equal(frame, ref[int(tl.keys[i])])
+
+
+def test_ntsc_ticks_mask_the_right_frames(tmp_path):
+    """At 29.97 fps the frame on screen at each second has a time just below
+    it; the frame stands for its tick, so masks and stamps use whole seconds."""
+    from tempura_jax.data.sample import masked_frames
+
+    path = tmp_path / "ntsc.mp4"
+    write_video(path, coded_frames(30 * 12, 16, 16), fps=30000 / 1001)
+    clip = media.read_clip(path, Sampling(fps=1.0))
+    np.testing.assert_allclose(clip.times, np.arange(13))  # 360 frames last 12.012 s
+    assert (clip.frame_times[1:] < clip.times[1:]).all()
+    np.testing.assert_array_equal(
+        np.nonzero(masked_frames(clip.times, [(5, 7)], 1.0))[0], [5, 6, 7]
+    )

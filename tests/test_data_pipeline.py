@@ -243,6 +243,8 @@ def bad_data_set(demo, out: Path):
     ]
     (out / "train.json").write_text(json.dumps(good + bad))
     (out / "broken.json").write_text('[{"video": "x", ')
+    lines = [json.dumps(r) for r in good[:2]]  # JSON lines: a bad line loses only itself
+    (out / "more.jsonl").write_text(lines[0] + "\n{not json\n" + lines[1] + "\n")
     return out, len(good), reasons
 
 
@@ -251,7 +253,7 @@ def test_bad_inputs_are_skipped_and_reported(demo_data, tmp_path):
     log = tmp_path / "skips.jsonl"
     cfg = demo_data_config(
         demo_data,
-        data=(str(out / "train.json"), str(out / "broken.json")),
+        data=(str(out / "train.json"), str(out / "broken.json"), str(out / "more.jsonl")),
         media_root=str(out / "media"),
         batch_size=1,
         max_skip_fraction=1.0,
@@ -259,18 +261,29 @@ def test_bad_inputs_are_skipped_and_reported(demo_data, tmp_path):
         shuffle=False,
     )
     ds = load_dataset(cfg, MODEL)
-    sources = [s for b in ds for s in b["sources"]]
-    assert len(sources) == n_good
+    batches = list(ds)
+    # A skipped record leaves a padding row: every process runs len(records) steps.
+    assert len(batches) == len(ds.records) == ds.steps_per_epoch
+    sources = [s for b in batches for s in b["sources"] if s]
+    assert len(sources) == n_good + 2
+    for b in batches:
+        if not b["sources"][0]:
+            assert (b["segment_ids"] == 0).all() and (b["labels"] == IGNORE).all()
     expected = {r: reasons.count(r) for r in set(reasons)}
-    expected["bad_json"] = 1
+    expected["bad_json"] = 2  # broken.json as a whole, one line of more.jsonl
     assert dict(ds.skips.counts) == expected
     logged = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(logged) == len(reasons) + 1
+    assert len(logged) == len(reasons) + 2
     assert any(e["source"].endswith("broken.json") and "line 1" in e["detail"] for e in logged)
-    assert all("#" in e["source"] for e in logged if e["reason"] != "bad_json")
+    assert any(e["source"].endswith("more.jsonl#1") and "line 2" in e["detail"] for e in logged)
+    assert all("#" in e["source"] for e in logged if not e["source"].endswith("broken.json"))
+    # Later epochs fail the same records again; each is counted once.
+    again = load_dataset(cfg.replace(num_epochs=3, skip_log=None), MODEL)
+    assert sum(1 for _ in again) == 3 * len(again.records)
+    assert dict(again.skips.counts) == expected
     # Past the budget the run stops with a summary.
-    strict = cfg.replace(max_skip_fraction=0.3, skip_log=None)  # 3 at load, 4.2 allowed
-    with pytest.raises(DataError, match="5 records skipped.*bad_media: 2"):
+    strict = cfg.replace(max_skip_fraction=0.3, skip_log=None)  # 4 at load, 5.1 allowed
+    with pytest.raises(DataError, match="6 records skipped.*bad_media: 2"):
         for _ in load_dataset(strict, MODEL):
             pass
 

@@ -69,12 +69,15 @@ def collate(
     shape: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Stack examples into one fixed-shape batch. Rows beyond the examples
-    (a short last batch) repeat nothing: they are all padding with no loss.
+    (skipped records, a short last batch) are all padding with no loss.
     `shape` forces (sequence length, patches), e.g. agreed across hosts."""
-    if not examples:
-        raise ValueError("cannot collate an empty batch")
     b = batch_size or len(examples)
-    s, p = shape or batch_shape(examples, cfg)
+    if b < 1:
+        raise ValueError("cannot collate an empty batch without a batch_size")
+    if shape is None and not examples:  # every record skipped: the smallest buckets
+        shape = (seq_buckets(cfg)[0], patch_buckets(cfg)[0])
+    shape = shape or batch_shape(examples, cfg)
+    s, p = shape
     unit = model_cfg.vision.merge_unit
     dtype = np.dtype(cfg.pixel_dtype) if cfg.pixel_dtype == "float32" else _bf16()
     out = {

@@ -49,7 +49,9 @@ def chat_tokens(
     nl = tok.encode("\n")
     if system is not None:
         add([tok.im_start_id, *tok.encode(f"system\n{system}"), tok.im_end_id, *nl])
-    placed = False
+    # The video goes where a user turn has `<video>`, else before the first user text.
+    placed = not any(VIDEO_PLACEHOLDER.search(t) for r, t in turns if r == "user")
+    lead = placed
     for role, text in turns:
         if role == "assistant":
             # The reply is encoded on its own, exactly as generation continues
@@ -59,8 +61,8 @@ def chat_tokens(
             add(nl)
             continue
         pieces = VIDEO_PLACEHOLDER.split(text)
-        if not placed and len(pieces) == 1:
-            pieces = ["", text]  # no placeholder: the video leads the first user turn
+        if lead:
+            pieces, lead = ["", text], False  # no placeholder anywhere: lead the first turn
         pieces[0] = f"{role}\n{pieces[0]}"  # text between special tokens is encoded whole
         add([tok.im_start_id])
         for i, piece in enumerate(pieces):

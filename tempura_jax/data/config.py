@@ -29,6 +29,7 @@ class DataConfig:
     visual_mode: str = "frames"
     task: str = "auto"
     blank_masked: bool = True  # black frames inside masked windows (the reference forgot)
+    stamp_masked: bool = True  # still draw the time on blanked frames
     mask_fps: float = 1.0  # frame rate of masked_start_end_frame_idxs
     event_tolerance: float = 1.0  # seconds of slack for event checks
     system_prompt: str | None = "You are a helpful assistant."

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +61,31 @@ class Sampling:
 
 
 @dataclasses.dataclass(frozen=True)
-class Clip:
-    """Sampled frames (uint8, H x W x 3 each) and their times in seconds."""
+class Picks:
+    """Sampled frames: indices into a Timeline and the time each stands for.
+    With fps sampling that time is the sampling tick k/fps (the frame is what
+    is on screen then; TEMPURA stamps i/fps); with uniform sampling it is the
+    frame's own time."""
 
-    frames: list[np.ndarray]
-    times: np.ndarray  # (n,) float64, strictly increasing
+    idx: np.ndarray  # (n,) int64, increasing
+    times: np.ndarray  # (n,) float64, increasing
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def subset(self, n: int) -> Picks:
+        """n of the picks, spread uniformly (first and last kept)."""
+        keep = np.unique(np.linspace(0, len(self.idx) - 1, n).round().astype(np.int64))
+        return Picks(self.idx[keep], self.times[keep])
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """Sampled frames and their times in seconds."""
+
+    frames: list[np.ndarray]  # uint8 H x W x 3, or whatever `on_frame` returned
+    times: np.ndarray  # (n,) sample times (Picks.times): stamps, masks, positions
+    frame_times: np.ndarray  # (n,) the container's presentation times of the frames
     duration: float  # seconds covered by the source (or clip)
     path: str
 
@@ -79,34 +99,38 @@ class Timeline:
 
     times: np.ndarray  # (n,) float64 seconds, sorted, relative to the clip start
     keys: np.ndarray  # (n,) source keys: pts for videos, file paths for folders
+    keyframes: np.ndarray  # (k,) pts of keyframes (videos; empty for folders)
     duration: float
     height: int
     width: int
     path: str
 
 
-def select(times: np.ndarray, duration: float, sampling: Sampling) -> np.ndarray:
-    """Indices into `times` of the frames to use, increasing and unique."""
+def select(times: np.ndarray, duration: float, sampling: Sampling) -> Picks:
+    """The frames to use and the times they stand for."""
     n = len(times)
     if n == 0:
-        return np.zeros(0, np.int64)
+        return Picks(np.zeros(0, np.int64), np.zeros(0))
     if sampling.num_frames is not None:
         idx = np.unique(np.linspace(0, n - 1, sampling.num_frames).round().astype(np.int64))
+        picks = Picks(idx, times[idx])
     else:
-        targets = np.arange(0.0, duration - _EPS, 1.0 / sampling.fps)
-        idx = np.searchsorted(times, targets + _EPS, side="right") - 1
-        idx = np.unique(idx[idx >= 0])
-    if len(idx) > sampling.max_frames:
+        ticks = np.arange(0.0, duration - _EPS, 1.0 / sampling.fps)
+        idx = np.searchsorted(times, ticks + _EPS, side="right") - 1
+        ok = idx >= 0
+        idx, ticks = idx[ok], ticks[ok]
+        first = np.unique(idx, return_index=True)[1]  # a repeated frame keeps its first tick
+        picks = Picks(idx[first], ticks[first])
+    if len(picks) > sampling.max_frames:
         if sampling.too_long == "error":
             raise MediaError(
-                f"{len(idx)} frames sampled, more than max_frames={sampling.max_frames}"
+                f"{len(picks)} frames sampled, more than max_frames={sampling.max_frames}"
             )
         if sampling.too_long == "head":
-            idx = idx[: sampling.max_frames]
+            picks = Picks(picks.idx[: sampling.max_frames], picks.times[: sampling.max_frames])
         else:
-            idx = idx[np.linspace(0, len(idx) - 1, sampling.max_frames).round().astype(np.int64)]
-            idx = np.unique(idx)
-    return idx
+            picks = picks.subset(sampling.max_frames)
+    return picks
 
 
 def _clip_window(times: np.ndarray, clip: tuple[float, float] | None, last_end: float, path):
@@ -147,7 +171,7 @@ def video_timeline(path: str | Path, clip=None, threads: int = 1) -> Timeline:
     path = str(path)
     container, stream = _open_video(path, threads)
     try:
-        pts = []
+        pts, keyframes = [], []
         last_duration = 0
         for packet in container.demux(stream):
             if packet.size == 0:
@@ -155,6 +179,8 @@ def video_timeline(path: str | Path, clip=None, threads: int = 1) -> Timeline:
             if packet.pts is None:
                 raise MediaError(f"{path}: packets without timestamps are not supported")
             pts.append(packet.pts)
+            if packet.is_keyframe:
+                keyframes.append(packet.pts)
             last_duration = packet.duration or 0
         # Read every stream field before closing: they live in freed memory after.
         height, width = stream.codec_context.height, stream.codec_context.width
@@ -179,6 +205,7 @@ def video_timeline(path: str | Path, clip=None, threads: int = 1) -> Timeline:
     return Timeline(
         times=np.maximum(times[keep] - start, 0.0),
         keys=pts[keep],
+        keyframes=np.unique(np.asarray(keyframes, np.int64)),
         duration=duration,
         height=height,
         width=width,
@@ -212,6 +239,7 @@ def folder_timeline(path: str | Path, clip=None, folder_fps: float = 1.0) -> Tim
     return Timeline(
         times=np.maximum(times[keep] - start, 0.0),
         keys=np.array([str(files[int(i)]) for i in idx[keep]], dtype=object),
+        keyframes=np.zeros(0, np.int64),
         duration=duration,
         height=height,
         width=width,
@@ -230,35 +258,59 @@ def timeline(path: str | Path, clip=None, sampling: Sampling = Sampling()) -> Ti
     return video_timeline(path, clip, sampling.decode_threads)
 
 
-def _decode_video(
-    tl: Timeline, idx: np.ndarray, threads: int, skip_nonref: bool
-) -> list[np.ndarray]:
-    """One pass in decode order. Packets of frames nobody samples are decoded
-    with `skip_frame=NONREF`: the decoder drops them if no other frame refers
-    to them, which cannot change any frame that is kept (exact, and about 40%
-    less decoding on typical H.264 with B-frames)."""
+def _decode_video(tl: Timeline, idx: np.ndarray, sampling: Sampling, on_frame: Callable) -> list:
+    """Decode the frames at `idx`, in order, calling `on_frame(k, rgb)` on each.
+
+    Exact shortcuts: packets of unsampled frames are decoded with
+    `skip_frame=NONREF`, so the decoder drops them when no other frame refers
+    to them; and when the next sampled frame's keyframe lies beyond what has
+    been decoded, the reader seeks to that keyframe instead of decoding the gap
+    (sparse sampling of long videos)."""
     import av
 
-    wanted = {int(tl.keys[i]): k for k, i in enumerate(idx)}
-    out: list[np.ndarray | None] = [None] * len(idx)
-    container, stream = _open_video(tl.path, threads)
+    targets = [int(tl.keys[i]) for i in idx]
+    wanted = {p: k for k, p in enumerate(targets)}
+    out: list = [None] * len(idx)
+    container, stream = _open_video(tl.path, sampling.decode_threads)
     ctx = stream.codec_context
-    remaining = len(wanted)
-    skipping = False
+    kfs = tl.keyframes
+    done, position, last_seek = 0, None, None  # delivered; last decoded pts; last seek
+
+    def keyframe_before(pts: int) -> int | None:
+        k = np.searchsorted(kfs, pts, side="right") - 1
+        return int(kfs[k]) if k >= 0 else None
+
+    def worth_seeking(keyframe: int | None) -> bool:
+        return keyframe is not None and keyframe != last_seek and keyframe > position
+
     try:
-        for packet in container.demux(stream):
-            if skip_nonref:
-                skip = packet.pts is not None and packet.pts not in wanted
+        while done < len(targets):
+            keyframe = keyframe_before(targets[done])
+            if position is None or worth_seeking(keyframe):
+                last_seek = keyframe if keyframe is not None else targets[done]
+                container.seek(last_seek, stream=stream)
+                ctx.flush_buffers()
+            skipping = None
+            for packet in container.demux(stream):
+                skip = sampling.skip_nonref and packet.pts is not None and packet.pts not in wanted
                 if skip != skipping:
                     ctx.skip_frame = "NONREF" if skip else "DEFAULT"
                     skipping = skip
-            for frame in stream.decode(packet):
-                k = wanted.get(frame.pts) if frame.pts is not None else None
-                if k is not None and out[k] is None:
-                    out[k] = frame.to_ndarray(format="rgb24")
-                    remaining -= 1
-            if remaining == 0:
-                break
+                for frame in stream.decode(packet):
+                    if frame.pts is None:
+                        continue
+                    position = frame.pts if position is None else max(position, frame.pts)
+                    j = wanted.get(frame.pts)
+                    if j is not None and out[j] is None:
+                        out[j] = on_frame(j, frame.to_ndarray(format="rgb24"))
+                while done < len(targets) and out[done] is not None:
+                    done += 1
+                if done == len(targets):
+                    break
+                if position is not None and worth_seeking(keyframe_before(targets[done])):
+                    break  # cheaper to seek to the next sampled frame's keyframe
+            else:
+                break  # end of stream
     except av.FFmpegError as e:
         raise MediaError(f"{tl.path}: corrupt video ({type(e).__name__}: {e})") from e
     finally:
@@ -269,7 +321,7 @@ def _decode_video(
             f"{tl.path}: truncated or corrupt video, {len(missing)} of {len(idx)} sampled frames "
             f"could not be decoded (first at {missing[0]:.2f} s)"
         )
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _read_frame(path: str) -> np.ndarray:
@@ -288,19 +340,34 @@ def read_clip(
     sampling: Sampling = Sampling(),
     clip: tuple[float, float] | None = None,
     tl: Timeline | None = None,
-    idx: Sequence[int] | None = None,
+    picks: Picks | None = None,
+    on_frame: Callable | None = None,
 ) -> Clip:
-    """Sampled frames of a video file or frame folder. `tl`/`idx` reuse an
-    earlier `timeline`/`select` (e.g. after dropping frames to fit a budget)."""
+    """Sampled frames of a video file or frame folder. `tl`/`picks` reuse an
+    earlier `timeline`/`select` (e.g. after dropping frames to fit a budget).
+    `on_frame(k, rgb)` transforms each frame as soon as it is read (stamp,
+    resize), so full-resolution frames never pile up."""
     tl = tl if tl is not None else timeline(path, clip, sampling)
-    idx = np.asarray(select(tl.times, tl.duration, sampling) if idx is None else idx, np.int64)
-    if len(idx) == 0:
+    picks = picks if picks is not None else select(tl.times, tl.duration, sampling)
+    if len(picks) == 0:
         raise MediaError(f"{tl.path}: no frames sampled")
+    shape = None
+
+    def checked(k: int, frame: np.ndarray):
+        nonlocal shape
+        shape = shape or frame.shape
+        if frame.shape != shape:
+            raise MediaError(f"{tl.path}: frames change size: {shape} then {frame.shape}")
+        return on_frame(k, frame) if on_frame is not None else frame
+
     if Path(tl.path).is_dir():
-        frames = [_read_frame(tl.keys[i]) for i in idx]
+        frames = [checked(k, _read_frame(tl.keys[i])) for k, i in enumerate(picks.idx)]
     else:
-        frames = _decode_video(tl, idx, sampling.decode_threads, sampling.skip_nonref)
-    shapes = {f.shape for f in frames}
-    if len(shapes) > 1:
-        raise MediaError(f"{tl.path}: frames change size within the video: {sorted(shapes)}")
-    return Clip(frames=frames, times=tl.times[idx].copy(), duration=tl.duration, path=tl.path)
+        frames = _decode_video(tl, picks.idx, sampling, checked)
+    return Clip(
+        frames=frames,
+        times=picks.times.copy(),
+        frame_times=tl.times[picks.idx].copy(),
+        duration=tl.duration,
+        path=tl.path,
+    )

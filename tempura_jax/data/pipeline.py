@@ -77,22 +77,22 @@ class _BatchIterator(grain.DatasetIterator):
         self._size, self._collate, self._drop = size, collate_fn, drop_remainder
 
     def __next__(self) -> dict[str, Any]:
-        examples: list[Example] = []
-        skipped: list[Problem] = []
-        while len(examples) < self._size:
+        items: list[Example | Problem] = []
+        while len(items) < self._size:
             try:
-                item = next(self._parent)
+                items.append(next(self._parent))
             except StopIteration:
-                if examples and not self._drop:
+                if items and not self._drop:
                     break
-                if skipped:  # skips at the very end still reach the log
-                    return {"skipped": skipped}
                 raise
-            (skipped if isinstance(item, Problem) else examples).append(item)
-        batch = self._collate(examples)
-        batch["sources"] = np.array(
-            [e.source for e in examples] + [""] * (self._size - len(examples))
-        )
+        examples = [e for e in items if isinstance(e, Example)]
+        skipped = [p for p in items if isinstance(p, Problem)]
+        if examples:
+            batch = self._collate(examples)
+        else:  # every record of this batch failed: an all-padding batch, no loss
+            batch = self._collate([])
+        names = [e.source for e in examples]
+        batch["sources"] = np.array(names + [""] * (self._size - len(names)))
         batch["skipped"] = skipped
         return batch
 
@@ -104,8 +104,10 @@ class _BatchIterator(grain.DatasetIterator):
 
 
 class BatchExamples(grain.IterDataset):
-    """Batches Examples; Problems are not counted against the batch size but
-    ride along in `batch["skipped"]`."""
+    """Batches of exactly `size` records. A record that failed becomes a
+    padding row (no tokens, no loss) and its Problem rides along in
+    `batch["skipped"]`, so every process runs the same number of steps per
+    epoch whatever it skips."""
 
     def __init__(self, parent: grain.IterDataset, size: int, collate_fn, drop_remainder: bool):
         super().__init__(parent)
@@ -172,13 +174,11 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
         self._it = iter(dataset.grain_dataset(drop_remainder))
 
     def __next__(self) -> dict[str, np.ndarray]:
-        while True:
-            batch = next(self._it)
-            for p in batch.pop("skipped"):
+        batch = next(self._it)
+        for p in batch.pop("skipped"):
+            if self.dataset.skips.add(p):
                 log.warning("skipped %s", p)
-                self.dataset.skips.add(p)
-            if "input_ids" in batch:
-                return batch
+        return batch
 
     def get_state(self) -> dict[str, Any]:
         return {"grain": self._it.get_state(), "skips": self.dataset.skips.state()}

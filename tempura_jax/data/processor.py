@@ -84,16 +84,20 @@ def _lut(cfg: PixelConfig) -> np.ndarray:
     return (scaled[None, :] - mean) / std
 
 
+def resize_frame(frame: np.ndarray, cfg: PixelConfig) -> np.ndarray:
+    """One uint8 frame bicubic-resized (PIL, as the processor) to its smart_resize size."""
+    th, tw = target_size(frame.shape[0], frame.shape[1], cfg)
+    if (th, tw) == frame.shape[:2]:
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((tw, th), Image.BICUBIC))
+
+
 def resize(frames: list[np.ndarray], cfg: PixelConfig) -> np.ndarray:
-    """(n, H', W', 3) uint8: every frame bicubic-resized to its smart_resize size."""
-    h, w = frames[0].shape[:2]
-    th, tw = target_size(h, w, cfg)
-    out = np.empty((len(frames), th, tw, 3), np.uint8)
-    for i, f in enumerate(frames):
-        if f.shape[:2] != (h, w):
-            raise ValueError(f"frame {i} is {f.shape[:2]}, frame 0 is {(h, w)}")
-        out[i] = f if (th, tw) == (h, w) else Image.fromarray(f).resize((tw, th), Image.BICUBIC)
-    return out
+    """(n, H', W', 3) uint8: every frame resized; all frames must share one size."""
+    sizes = {f.shape for f in frames}
+    if len(sizes) > 1:
+        raise ValueError(f"frames of different sizes: {sorted(sizes)}")
+    return np.stack([resize_frame(f, cfg) for f in frames])
 
 
 def patchify(

@@ -115,7 +115,9 @@ def parse_record(raw, source: str, media_root: str | Path) -> Record:
 
 
 def read_json(path: str | Path) -> list:
-    """A JSON list, or JSON lines; raises RecordError naming the line on bad JSON."""
+    """A JSON list, or JSON lines (a bad line becomes a `RecordError` item in
+    place of its record, so the rest of the file is kept); raises RecordError
+    when the file as a whole cannot be read."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -135,7 +137,7 @@ def read_json(path: str | Path) -> list:
         try:
             items.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise RecordError("bad_json", f"line {n}: {e.msg}") from e
+            items.append(RecordError("bad_json", f"line {n}: {e.msg}"))
     if not items:
         raise RecordError("bad_json", "no records")
     return items
@@ -157,6 +159,8 @@ def load_records(
             seen += 1
             source = f"{f}#{i}"
             try:
+                if isinstance(raw, RecordError):
+                    raise raw
                 records.append(parse_record(raw, source, media_root))
             except RecordError as e:
                 problems.append(Problem(source, e.reason, e.detail))

@@ -19,7 +19,7 @@ from tempura_jax.data import media
 from tempura_jax.data.chat import chat_tokens, vision_tokens
 from tempura_jax.data.config import DataConfig
 from tempura_jax.data.events import event_problems, masked_seconds, parse_events
-from tempura_jax.data.processor import process_frames, target_size
+from tempura_jax.data.processor import patchify, resize_frame, target_size
 from tempura_jax.data.records import Record
 from tempura_jax.data.stamp import stamp
 from tempura_jax.data.tokenizer import Tokenizer
@@ -88,7 +88,7 @@ class ExampleBuilder:
     def _system(self, rec: Record) -> str | None:
         return rec.system if rec.system is not None else self.cfg.system_prompt
 
-    def _fit(self, rec: Record, tl: media.Timeline, idx: np.ndarray) -> np.ndarray:
+    def _fit(self, rec: Record, tl: media.Timeline, picks: media.Picks) -> media.Picks:
         """Drop frames uniformly until the sequence fits max_seq_len."""
         budget = self.cfg.max_seq_len - self._text_length(rec)
         if budget <= 0:
@@ -97,19 +97,17 @@ class ExampleBuilder:
         def cost(n):
             return sum(t + 2 for t in self._tokens_per_block(n, tl))
 
-        n = len(idx)
+        n = len(picks)
         while n > 0 and cost(n) > budget:
             n -= 1
-        if n < min(self.cfg.sampling.min_frames, len(idx)):
+        if n < min(self.cfg.sampling.min_frames, len(picks)):
             raise SampleError(
                 rec.source,
                 "too_long",
                 f"only {n} frames fit max_seq_len={self.cfg.max_seq_len} "
                 f"(min_frames={self.cfg.sampling.min_frames})",
             )
-        if n < len(idx):
-            idx = idx[np.unique(np.linspace(0, len(idx) - 1, n).round().astype(np.int64))]
-        return idx
+        return picks.subset(n) if n < len(picks) else picks
 
     def _check_task(self, rec: Record, duration: float) -> bool:
         """Returns whether the record is a masked (stage-1) record."""
@@ -134,36 +132,42 @@ class ExampleBuilder:
                 raise SampleError(rec.source, "bad_events", "; ".join(problems[:3]))
         return is_masked
 
-    def frames(self, rec: Record) -> tuple[list[np.ndarray], np.ndarray, float]:
-        """(stamped frames, their times, duration): media, task and budget
-        checks, decoding, masking and stamping; raises SampleError."""
+    def frames(
+        self, rec: Record, resize: bool = False
+    ) -> tuple[list[np.ndarray], np.ndarray, float]:
+        """(frames, their sample times, duration): media, task and budget checks,
+        then each frame as it is decoded is blanked if masked, stamped and
+        (with `resize`) resized, so full-resolution frames never pile up.
+        Raises SampleError."""
         cfg = self.cfg
         try:
             tl = media.timeline(rec.media, rec.clip, cfg.sampling)
-            idx = media.select(tl.times, tl.duration, cfg.sampling)
+            picks = media.select(tl.times, tl.duration, cfg.sampling)
         except media.MediaError as e:
             raise SampleError(rec.source, "bad_media", str(e)) from e
         is_masked = self._check_task(rec, tl.duration)
         if self.tok is not None:
-            idx = self._fit(rec, tl, idx)
+            picks = self._fit(rec, tl, picks)
+        blank = np.zeros(len(picks), bool)
+        if is_masked and cfg.blank_masked:
+            blank = masked_frames(picks.times, rec.masked, cfg.mask_fps)
+
+        def on_frame(k: int, frame: np.ndarray) -> np.ndarray:
+            if blank[k]:
+                frame = np.zeros_like(frame)
+            if not blank[k] or cfg.stamp_masked:
+                frame = stamp(frame, float(picks.times[k]), cfg.stamp, inplace=True)
+            return resize_frame(frame, cfg.pixels) if resize else frame
+
         try:
-            clip = media.read_clip(rec.media, cfg.sampling, rec.clip, tl=tl, idx=idx)
+            clip = media.read_clip(rec.media, cfg.sampling, tl=tl, picks=picks, on_frame=on_frame)
         except media.MediaError as e:
             raise SampleError(rec.source, "bad_media", str(e)) from e
-        frames = clip.frames
-        if is_masked and cfg.blank_masked:
-            blank = masked_frames(clip.times, rec.masked, cfg.mask_fps)
-            frames = [np.zeros_like(f) if b else f for f, b in zip(frames, blank, strict=True)]
-        # Decoded and blanked frames are fresh arrays: stamp them in place.
-        frames = [
-            stamp(f, float(t), cfg.stamp, inplace=True)
-            for f, t in zip(frames, clip.times, strict=True)
-        ]
-        return frames, clip.times, clip.duration
+        return clip.frames, clip.times, clip.duration
 
     def build(self, rec: Record) -> Example:
-        frames, times, duration = self.frames(rec)
-        pixels, grid = process_frames(frames, self.cfg.pixels, self.cfg.as_video)
+        frames, times, duration = self.frames(rec, resize=True)
+        pixels, grid = patchify(np.stack(frames), self.cfg.pixels, self.cfg.as_video)
         return self.assemble(rec, pixels, grid, times, duration)
 
     def assemble(self, rec: Record, pixels, grid, times, duration) -> Example:

@@ -1,5 +1,6 @@
 """Skipped records: logged one JSON line each, counted by reason, and fatal
-only past a budget (a fraction of the records this process reads)."""
+only past a budget (a fraction of the records this process reads). A record
+that fails again in a later epoch is counted once."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class SkipLog:
         self.path = Path(path) if path else None
         self.max_fraction, self.total = max_fraction, total
         self.counts: collections.Counter[str] = collections.Counter()
+        self.sources: set[str] = set()
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -26,13 +28,18 @@ class SkipLog:
     def skipped(self) -> int:
         return sum(self.counts.values())
 
-    def add(self, problem: Problem, fatal_check: bool = True) -> None:
+    def add(self, problem: Problem, fatal_check: bool = True) -> bool:
+        """Count and log a problem; False if this record was already counted."""
+        if problem.source in self.sources:
+            return False
+        self.sources.add(problem.source)
         self.counts[problem.reason] += 1
         if self.path:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(dataclass_dict(problem)) + "\n")
         if fatal_check:
             self.check()
+        return True
 
     def check(self) -> None:
         budget = self.max_fraction * max(self.total, 1)
@@ -46,11 +53,12 @@ class SkipLog:
     def summary(self) -> str:
         return ", ".join(f"{k}: {v}" for k, v in sorted(self.counts.items())) or "none"
 
-    def state(self) -> dict[str, int]:
-        return dict(self.counts)
+    def state(self) -> dict:
+        return {"counts": dict(self.counts), "sources": sorted(self.sources)}
 
-    def restore(self, counts: dict[str, int]) -> None:
-        self.counts = collections.Counter({k: int(v) for k, v in counts.items()})
+    def restore(self, state: dict) -> None:
+        self.counts = collections.Counter({k: int(v) for k, v in state["counts"].items()})
+        self.sources = set(state["sources"])
 
 
 def dataclass_dict(p: Problem) -> dict[str, str]:
