@@ -110,6 +110,14 @@ def child(impl: str, video: str, mode: str, pixels: int, fps: float, repeats: in
 
 
 def run_child(python: str, impl: str, video: str, mode: str, a) -> dict:
+    """The best of `a.trials` fresh child processes (the least disturbed run),
+    with every trial's throughput listed."""
+    trials = [_run_child(python, impl, video, mode, a) for _ in range(a.trials)]
+    best = max(trials, key=lambda r: r["frames_per_core_s"])
+    return {**best, "trials_frames_per_core_s": [t["frames_per_core_s"] for t in trials]}
+
+
+def _run_child(python: str, impl: str, video: str, mode: str, a) -> dict:
     cmd = [
         python,
         __file__,
@@ -148,7 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--source-fps", type=float, default=30.0)
     p.add_argument("--fps", type=float, default=1.0, help="sampling rate (TEMPURA: 1)")
     p.add_argument("--pixels", type=int, default=320 * 180, help="min = max pixels (TEMPURA)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2, help="reads of each video per child")
+    p.add_argument("--trials", type=int, default=3, help="child processes; the best is kept")
     p.add_argument("--sizes", default=",".join(SIZES), help="comma list of " + ", ".join(SIZES))
     p.add_argument("--no-reference", action="store_true", help="ours only (no reference env)")
     p.add_argument("--out", default=None)
@@ -186,6 +195,7 @@ def main(argv=None) -> int:
     report = {
         "machine": f"CPU only: {platform.machine()}, {os.cpu_count()} cores, no GPU",
         "setup": {
+            "trials": a.trials,
             "seconds": a.seconds,
             "source_fps": a.source_fps,
             "sample_fps": a.fps,

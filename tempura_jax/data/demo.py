@@ -298,30 +298,12 @@ def make_demo_data(out: str | Path, spec: DemoSpec = DemoSpec()) -> dict[str, st
         events = [Event(s.start, s.end, s.caption) for s in steps]
         media = f"frames/{name}" if v < spec.frame_folders else rel
         target = format_events(events)
-        stage2.append(
-            {
-                "id": name,
-                "video": media,
-                "conversations": [
-                    {"from": "human", "value": "<video>\n" + DENSE_PROMPT},
-                    {"from": "gpt", "value": target},
-                ],
-            }
-        )
+        stage2.append(_ver_record(name, media, DENSE_PROMPT, target))
         corpus += [DENSE_PROMPT, target]
         for k in range(1, len(events) - 1) or [0]:
             prompt, answer, window = masked_sample(events, k)
-            stage1.append(
-                {
-                    "id": f"{name}_m{k}",
-                    "video": media,
-                    "masked_start_end_frame_idxs": window,
-                    "conversations": [
-                        {"from": "human", "value": "<video>\n" + prompt},
-                        {"from": "gpt", "value": answer},
-                    ],
-                }
-            )
+            extra = {"masked_start_end_frame_idxs": window}
+            stage1.append(_ver_record(f"{name}_m{k}", media, prompt, answer, **extra))
             corpus += [prompt, answer]
         for e in events:
             charades.append(f"{name} {e.start:.1f} {e.end:.1f}##{e.caption.rstrip('.')}")
@@ -352,6 +334,18 @@ def make_demo_data(out: str | Path, spec: DemoSpec = DemoSpec()) -> dict[str, st
         "charades_sta_test.txt, highlight_val_release.jsonl: evaluation annotations.\n"
     )
     return {k: str(p) for k, p in paths.items()}
+
+
+def _ver_record(rid: str, media: str, prompt: str, target: str, **extra) -> dict:
+    return {
+        "id": rid,
+        "video": media,
+        **extra,
+        "conversations": [
+            {"from": "human", "value": "<video>\n" + prompt},
+            {"from": "gpt", "value": target},
+        ],
+    }
 
 
 def _write_frame_folder(folder: Path, steps: list[Step]) -> None:
