@@ -80,7 +80,7 @@ def data_step(workdir: Path, model) -> None:
     logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
     nll = -logp[keep, target[keep]].mean()
     print(
-        f"      {rec.source.split('/')[-1]}: {len(ex.frame_times)} stamped frames, "
+        f"      {rec.source.split('/')[-1]}: {len(ex.times)} stamped frames, "
         f"{ex.num_tokens} tokens, {int(keep.sum())} trained; reply loss (random weights) {nll:.3f}"
     )
 

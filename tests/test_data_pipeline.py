@@ -58,7 +58,7 @@ def test_positions_equal_rope_index(demo_data, mode):
         np.testing.assert_allclose(examples[0].second_per_grid_ts, 2.0, atol=1e-6)
         assert len(examples[0].grid_thw) == 1
     else:  # TEMPURA: one image block per frame
-        assert len(examples[0].grid_thw) == len(examples[0].frame_times)
+        assert len(examples[0].grid_thw) == len(examples[0].times)
 
 
 def test_labels_are_the_assistant_reply(demo_data):
@@ -98,11 +98,11 @@ def test_sequence_budget_drops_frames_never_targets(demo_data):
     tight = cfg.replace(max_seq_len=full.num_tokens - 40)
     short = builder(tight).build(rec)
     assert short.num_tokens <= tight.max_seq_len
-    assert 0 < len(short.frame_times) < len(full.frame_times)
+    assert 0 < len(short.times) < len(full.times)
     np.testing.assert_array_equal(
         short.input_ids[short.labels != IGNORE], full.input_ids[full.labels != IGNORE]
     )
-    assert set(short.frame_times) <= set(full.frame_times)
+    assert set(short.times) <= set(full.times)
     with pytest.raises(SampleError, match="too_long"):
         builder(cfg.replace(max_seq_len=100)).build(rec)
 

@@ -43,7 +43,7 @@ class Example:
     pixel_values: np.ndarray  # (P, 1176) float32
     grid_thw: np.ndarray  # (G, 3) int64: one row per frame, or one video row
     second_per_grid_ts: np.ndarray  # (G,) float32; 0 for images
-    frame_times: np.ndarray  # (n,) float64 seconds of the sampled frames
+    times: np.ndarray  # (n,) float64 sample times of the frames (Clip.times)
     duration: float
     as_video: bool
 
@@ -194,7 +194,7 @@ class ExampleBuilder:
             pixel_values=pixels,
             grid_thw=grid,
             second_per_grid_ts=spg,
-            frame_times=np.asarray(times, np.float64),
+            times=np.asarray(times, np.float64),
             duration=float(duration),
             as_video=cfg.as_video,
         )
