@@ -88,6 +88,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     attention_impl: str = "xla"
+    remat_decoder: str = "none"  # see model.layers.REMAT_POLICIES
+    remat_vision: str = "none"
 
     def replace(self, **kw: Any) -> ModelConfig:
         return dataclasses.replace(self, **kw)

@@ -147,6 +147,8 @@ def load_pretrained(
     dtype: str = "float32",
     compute_dtype: str | None = None,
     attention_impl: str = "xla",
+    remat_decoder: str = "none",
+    remat_vision: str = "none",
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
 ) -> Qwen2_5_VL:
@@ -165,6 +167,8 @@ def load_pretrained(
         param_dtype=str(np.dtype(jnp.dtype(dtype))),
         compute_dtype=compute_dtype or default_compute_dtype(),
         attention_impl=attention_impl,
+        remat_decoder=remat_decoder,
+        remat_vision=remat_vision,
     )
     source = hf_source(HFCheckpoint(path), cfg) if params is None else orbax_source(params, cfg)
     return load_into(abstract_model(cfg), source, mesh=mesh, rules=rules)

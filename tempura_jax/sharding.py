@@ -9,9 +9,12 @@ otherwise it is replicated, so any model runs on any mesh.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 Rules = Sequence[tuple[str, str | None]]
@@ -68,3 +71,97 @@ def model_shardings(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES)
         nnx.state(model, nnx.Param),
         is_leaf=lambda x: isinstance(x, nnx.Variable),
     )
+
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
+
+
+def resolve_shape(shape: Sequence[int], n_devices: int) -> tuple[int, ...]:
+    """Fill one -1 with the remaining devices; the product must be `n_devices`."""
+    known = int(np.prod([s for s in shape if s != -1]))
+    if -1 in shape:
+        if n_devices % known:
+            raise ValueError(f"mesh shape {tuple(shape)} does not divide {n_devices} devices")
+        shape = tuple(n_devices // known if s == -1 else s for s in shape)
+    if int(np.prod(shape)) != n_devices:
+        raise ValueError(
+            f"mesh shape {tuple(shape)} needs {np.prod(shape)} devices, have {n_devices}"
+        )
+    return tuple(shape)
+
+
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices (all processes)."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = resolve_shape(shape, len(devices))
+    try:
+        grid = mesh_utils.create_device_mesh(shape, devices)
+    except (ValueError, NotImplementedError, AssertionError):  # CPU or an unusual topology
+        grid = np.array(devices).reshape(shape)
+    return Mesh(grid, AXES)
+
+
+def batch_shards(mesh: Mesh) -> int:
+    return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def without(rules: Rules, mesh_axis: str) -> Rules:
+    """The rules with one mesh axis dropped (e.g. replicated parameters for ZeRO-2)."""
+    return tuple((name, None if axis == mesh_axis else axis) for name, axis in rules)
+
+
+def layout_rules(layout: str, rules: Rules = DEFAULT_RULES) -> tuple[Rules, Rules]:
+    """(parameter rules, optimiser-state rules) for a layout: "fsdp" shards
+    both over fsdp; "zero2" keeps parameters (and so gradients) whole on each
+    fsdp rank and shards only the optimiser state."""
+    if layout == "fsdp":
+        return rules, rules
+    if layout == "zero2":
+        return without(rules, "fsdp"), rules
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def batch_spec(ndim: int, batch_axis: int = 0) -> PartitionSpec:
+    spec: list = [None] * ndim
+    spec[batch_axis] = BATCH_AXES
+    return PartitionSpec(*spec)
+
+
+def like_params(tree: Any, params: Any, specs: Any) -> Any:
+    """PartitionSpecs for a tree holding parameter-shaped leaves (optimiser
+    state): a leaf whose path ends with a parameter's path and has its shape
+    gets that parameter's spec; anything else (step counts) is replicated.
+    `params` (arrays or shape structs) and `specs` share one structure."""
+    flat_specs = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    flat_params, _ = jax.tree_util.tree_flatten_with_path(params)
+    by_path = {
+        path_keys(path): (spec, tuple(leaf.shape))
+        for (path, leaf), spec in zip(flat_params, flat_specs, strict=True)
+    }
+    lengths = sorted({len(p) for p in by_path}, reverse=True)
+
+    def pick(path, leaf):
+        keys = path_keys(path)
+        for n in lengths:
+            hit = by_path.get(keys[-n:]) if len(keys) >= n else None
+            if hit is not None and tuple(leaf.shape) == hit[1]:
+                return hit[0]
+        return PartitionSpec()
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def path_keys(path) -> tuple:
+    """A pytree key path as plain names and indices (dict keys, attributes,
+    sequence indices), without the `.value` node of nnx Variables."""
+    out = []
+    for p in path:
+        if isinstance(p, jax.tree_util.GetAttrKey) and p.name == "value":
+            continue  # nnx Variable nodes
+        for attr in ("key", "name", "idx"):
+            if hasattr(p, attr):
+                p = getattr(p, attr)
+                break
+        out.append(p)
+    return tuple(out)

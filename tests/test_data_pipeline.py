@@ -123,7 +123,7 @@ def test_resume_mid_epoch(demo_data, workers, threads):
     )
     ds = load_dataset(cfg, MODEL)
     it = iter(ds)
-    for _ in range(len(ds.records) // 2 - 1):  # stop one batch before the epoch ends
+    for _ in range(ds.batches_per_epoch - 1):  # stop one batch before the epoch ends
         next(it)
     state = it.get_state()
     json.dumps(state)  # checkpointable as JSON
@@ -138,13 +138,15 @@ def test_resume_mid_epoch(demo_data, workers, threads):
 
 
 def test_shards_are_disjoint(demo_data):
+    """Two processes' rows of each global batch are disjoint and together are
+    exactly the global batch one process reads alone."""
     cfg = demo_data_config(demo_data, data=(demo_data["stage1"],), batch_size=1)
-    seen = []
-    for index in range(2):
-        ds = load_dataset(cfg, MODEL, Shard(index, 2))
-        seen.append({s for b in ds for s in b["sources"]})
-    assert seen[0] and seen[1] and not seen[0] & seen[1]
-    assert len(seen[0]) == len(seen[1])
+    whole = [list(b["sources"]) for b in load_dataset(cfg.replace(batch_size=2), MODEL)]
+    parts = [[list(b["sources"]) for b in load_dataset(cfg, MODEL, Shard(i, 2))] for i in range(2)]
+    assert len(whole) == len(parts[0]) == len(parts[1]) >= 2
+    for k, batch in enumerate(whole):
+        assert parts[0][k] + parts[1][k] == batch
+    assert not {s for p in parts[0] for s in p} & {s for p in parts[1] for s in p}
 
 
 SHARD_SCRIPT = """

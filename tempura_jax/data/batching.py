@@ -145,3 +145,31 @@ def model_inputs(batch: dict[str, np.ndarray]) -> ModelInputs:
         num_image_tokens=batch["num_image_tokens"],
         vision=VisionInputs(**{k: batch[k] for k in VISION_KEYS}),
     )
+
+
+def repad(batch: dict[str, np.ndarray], seq: int, patches: int, pad_id: int) -> dict:
+    """Grow a collated batch to (seq, patches), e.g. to the largest bucket any
+    host picked, with the same padding `collate` writes."""
+    s, p = batch["input_ids"].shape[1], batch["pixel_values"].shape[1]
+    if (s, p) == (seq, patches):
+        return batch
+    if seq < s or patches < p:
+        raise ValueError(f"cannot shrink a batch from {(s, p)} to {(seq, patches)}")
+    ds, dp = seq - s, patches - p
+    b = batch["input_ids"].shape[0]
+    m, unit = batch["window_index"].shape[1], p // batch["window_index"].shape[1]
+    tail = np.broadcast_to(np.arange(m, patches // unit, dtype=np.int32), (b, patches // unit - m))
+    out = dict(batch)
+    out["input_ids"] = np.pad(batch["input_ids"], ((0, 0), (0, ds)), constant_values=pad_id)
+    out["segment_ids"] = np.pad(batch["segment_ids"], ((0, 0), (0, ds)))
+    out["labels"] = np.pad(batch["labels"], ((0, 0), (0, ds)), constant_values=IGNORE)
+    out["position_ids"] = np.pad(
+        batch["position_ids"], ((0, 0), (0, 0), (0, ds)), constant_values=1
+    )
+    out["pixel_values"] = np.pad(batch["pixel_values"], ((0, 0), (0, dp), (0, 0)))
+    for k in ("window_index", "reverse_index"):
+        out[k] = np.concatenate([batch[k], tail], axis=1)
+    for k in ("window_segments", "frame_segments"):
+        out[k] = np.pad(batch[k], ((0, 0), (0, dp)), constant_values=-1)
+    out["rotary_pos"] = np.pad(batch["rotary_pos"], ((0, 0), (0, dp), (0, 0)))
+    return out

@@ -42,11 +42,34 @@ class Shard:
         return cls(jax.process_index(), jax.process_count())
 
 
-def shard_records(records: list[Record], shard: Shard) -> list[Record]:
-    """Disjoint, equal-sized shards (the remainder N mod count is dropped) so
-    every process runs the same number of steps."""
-    per = len(records) // shard.count
-    return records[shard.index :: shard.count][:per]
+class BlockShard(grain.MapDataset):
+    """This process's rows of every global batch.
+
+    The record order is one seeded shuffle shared by all processes; global
+    batch k is elements [k*G, (k+1)*G) of it, and process i reads rows
+    [i*R, (i+1)*R) of each (R = G / processes). So a run on any number of
+    processes sees the same global batches, and the N mod G remainder of an
+    epoch is dropped. Indices past one epoch map onto the parent's next epoch
+    (Grain reshuffles there)."""
+
+    def __init__(self, parent: grain.MapDataset, shard: Shard, rows: int):
+        super().__init__(parent)
+        self._shard, self._rows = shard, rows
+        self._global = rows * shard.count
+        self._parent_len = len(parent)
+        self._len = (self._parent_len // self._global) * rows
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, j = divmod(index, self._len)
+        k, r = divmod(j, self._rows)
+        return self._parent[
+            epoch * self._parent_len + k * self._global + self._shard.index * self._rows + r
+        ]
 
 
 class BuildExample(grain.transforms.Map):
@@ -131,20 +154,31 @@ class Dataset:
 
     cfg: DataConfig
     model_cfg: ModelConfig
-    records: list[Record]
+    records: list[Record]  # all processes' records, in file order
     skips: SkipLog
     shard: Shard
+    rows_per_step: int  # this process's records per global batch (a multiple of batch_size)
+
+    @property
+    def global_batch(self) -> int:
+        return self.rows_per_step * self.shard.count
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.records) // self.cfg.batch_size
+        """Global batches per epoch (every process runs this many)."""
+        return len(self.records) // self.global_batch
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches of `batch_size` this process reads per epoch."""
+        return self.steps_per_epoch * self.rows_per_step // self.cfg.batch_size
 
     def grain_dataset(self, drop_remainder: bool = True) -> grain.IterDataset:
         cfg = self.cfg
         ds = grain.MapDataset.source(self.records)
         if cfg.shuffle:
             ds = ds.shuffle(seed=cfg.seed)
-        ds = ds.repeat(cfg.num_epochs)
+        ds = BlockShard(ds, self.shard, self.rows_per_step).repeat(cfg.num_epochs)
         ds = ds.map(BuildExample(cfg, self.model_cfg)).to_iter_dataset(
             grain.ReadOptions(
                 num_threads=cfg.read_threads,
@@ -197,22 +231,34 @@ def _absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def load_dataset(cfg: DataConfig, model_cfg: ModelConfig, shard: Shard | None = None) -> Dataset:
-    """Read and validate the record files, shard them for this process, and
-    log the records that failed validation."""
+def load_dataset(
+    cfg: DataConfig,
+    model_cfg: ModelConfig,
+    shard: Shard | None = None,
+    rows_per_step: int | None = None,
+) -> Dataset:
+    """Read and validate the record files and log the records that failed
+    validation. Each step's global batch is `rows_per_step` records from each
+    process (default: one `batch_size` batch; gradient accumulation reads
+    several batches per step)."""
     shard = shard or Shard()
+    rows = rows_per_step or cfg.batch_size
+    if rows % cfg.batch_size:
+        raise ValueError(f"rows per step {rows} is not a multiple of batch_size {cfg.batch_size}")
     if not cfg.data:
         raise ValueError("no data files given (data.data)")
     Tokenizer(cfg.tokenizer).check(model_cfg)  # fail fast on a mismatched tokenizer
     records, problems, seen = load_records(list(cfg.data), cfg.media_root)
     # Record problems are counted by the process that owns their index.
     mine = [p for i, p in enumerate(problems) if i % shard.count == shard.index]
-    records = shard_records(records, shard)
     skips = SkipLog(cfg.skip_log, cfg.max_skip_fraction, max(seen // shard.count, 1))
     for p in mine:
         log.warning("skipped %s", p)
         skips.add(p, fatal_check=False)
     skips.check()
-    if not records:
-        raise ValueError(f"no usable records in {list(cfg.data)}: {skips.summary()}")
-    return Dataset(cfg, model_cfg, records, skips, shard)
+    if len(records) < rows * shard.count:
+        raise ValueError(
+            f"{len(records)} usable records in {list(cfg.data)} do not fill one global batch "
+            f"of {rows * shard.count}: {skips.summary()}"
+        )
+    return Dataset(cfg, model_cfg, records, skips, shard, rows)

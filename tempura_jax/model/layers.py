@@ -30,6 +30,22 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
         raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
 
 
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def maybe_remat(block: nnx.Module, policy: str, *args):
+    """Call `block(*args)`, rematerialised under a named policy ("none": plain)."""
+    if policy == "none":
+        return block(*args)
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {policy!r}; known: none, {sorted(REMAT_POLICIES)}")
+    return nnx.remat(lambda m, *a: m(*a), policy=REMAT_POLICIES[policy])(block, *args)
+
+
 def param(
     rngs: nnx.Rngs | None,
     shape: tuple[int, ...],

@@ -9,7 +9,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tempura_jax.config import ModelConfig, TextConfig
-from tempura_jax.model.layers import Dense, GatedMLP, RMSNorm, apply_rotary, inv_freq, param
+from tempura_jax.model.layers import (
+    Dense,
+    GatedMLP,
+    RMSNorm,
+    apply_rotary,
+    inv_freq,
+    maybe_remat,
+    param,
+)
 from tempura_jax.ops.attention import attention
 
 
@@ -76,6 +84,7 @@ class TextModel(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         t = cfg.text
         self.cfg = t
+        self.remat = cfg.remat_decoder
         self.embed_tokens = param(
             rngs, (t.vocab_size, t.hidden_size), ("vocab", "embed"), cfg.param_dtype
         )
@@ -90,5 +99,5 @@ class TextModel(nnx.Module):
     def __call__(self, x, position_ids, segment_ids):
         cos, sin = mrope_cos_sin(position_ids, self.cfg)
         for layer in self.layers:
-            x = layer(x, cos, sin, segment_ids)
+            x = maybe_remat(layer, self.remat, x, cos, sin, segment_ids)
         return self.norm(x)

@@ -14,7 +14,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tempura_jax.config import ModelConfig
-from tempura_jax.model.layers import Dense, GatedMLP, RMSNorm, apply_rotary, inv_freq
+from tempura_jax.model.layers import (
+    Dense,
+    GatedMLP,
+    RMSNorm,
+    apply_rotary,
+    inv_freq,
+    maybe_remat,
+)
 from tempura_jax.ops.attention import attention
 
 
@@ -98,6 +105,7 @@ class VisionTower(nnx.Module):
         v = cfg.vision
         self.cfg = v
         self.compute_dtype = cfg.compute_dtype
+        self.remat = cfg.remat_vision
         self.patch_embed = Dense(
             (v.patch_dim,),
             (v.hidden_size,),
@@ -126,5 +134,7 @@ class VisionTower(nnx.Module):
         x = x.reshape(n // unit, unit, d)[inputs.window_index].reshape(n, d)
         cos, sin = self.rotary(inputs.rotary_pos)
         for block in self.blocks:
-            x = block(x, cos, sin, inputs.window_segments, inputs.frame_segments)
+            x = maybe_remat(
+                block, self.remat, x, cos, sin, inputs.window_segments, inputs.frame_segments
+            )
         return self.merger(x)[inputs.reverse_index]

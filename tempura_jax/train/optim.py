@@ -16,6 +16,8 @@ import jax
 import optax
 from flax import nnx
 
+from tempura_jax.sharding import path_keys
+
 GROUPS = ("vision", "merger", "llm")
 NO_DECAY_LEAVES = ("scale", "bias")  # RMSNorm scales and biases
 
@@ -40,26 +42,15 @@ class OptimConfig:
         return {"vision": self.vision_lr, "merger": self.merger_lr, "llm": self.llm_lr}[group]
 
 
-def _names(path: Sequence) -> tuple:
-    out = []
-    for p in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(p, attr):
-                p = getattr(p, attr)
-                break
-        out.append(p)
-    return tuple(out)
-
-
 def group_of(path: Sequence) -> str:
-    names = _names(path)
+    names = path_keys(path)
     if "merger" in names:
         return "merger"
     return "vision" if names and names[0] == "visual" else "llm"
 
 
 def decays(path: Sequence) -> bool:
-    return _names(path)[-1] not in NO_DECAY_LEAVES
+    return path_keys(path)[-1] not in NO_DECAY_LEAVES
 
 
 def trainable(path: Sequence, cfg: OptimConfig) -> bool:

@@ -1,0 +1,85 @@
+"""Model FLOPs of a training step, for MFU (model FLOPs utilisation).
+
+Counted from the batch that actually ran: 6 x parameters x tokens for the
+matmuls (forward + backward) plus the attention score/value products over
+each attention segment (causal in the decoder, windows and frames in the
+vision tower). Rematerialisation is not counted: MFU measures useful work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tempura_jax.config import ModelConfig
+
+# Dense bf16 peak FLOP/s per device, by `jax.Device.device_kind` prefix.
+PEAK_FLOPS = {
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA H800": 989e12,
+    "NVIDIA A100": 312e12,
+    "NVIDIA B200": 2250e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+}
+
+
+def peak_flops(device_kind: str) -> float | None:
+    for prefix in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if device_kind.startswith(prefix):
+            return PEAK_FLOPS[prefix]
+    return None
+
+
+def matmul_params(cfg: ModelConfig) -> tuple[int, int]:
+    """(decoder + head, vision tower) weights that multiply every token/patch."""
+    t, v = cfg.text, cfg.vision
+    hd = t.head_dim
+    attn = t.hidden_size * hd * (2 * t.num_attention_heads + 2 * t.num_key_value_heads)
+    mlp = 3 * t.hidden_size * t.intermediate_size
+    text = t.num_hidden_layers * (attn + mlp) + t.hidden_size * t.vocab_size
+    v_block = 4 * v.hidden_size**2 + 3 * v.hidden_size * v.intermediate_size
+    merged = v.hidden_size * v.merge_unit
+    vision = (
+        v.patch_dim * v.hidden_size
+        + v.depth * v_block
+        + (merged * merged + merged * v.out_hidden_size) / v.merge_unit  # per patch
+    )
+    return int(text), int(vision)
+
+
+def _segment_sq(segments: np.ndarray) -> float:
+    """Sum over rows and segments (ids >= 0 for vision, > 0 for text) of length^2."""
+    total = 0.0
+    for row in np.atleast_2d(segments):
+        _, counts = np.unique(row[row >= 0], return_counts=True)
+        total += float(np.sum(counts.astype(np.float64) ** 2))
+    return total
+
+
+def batch_flops(batch: dict[str, np.ndarray], cfg: ModelConfig) -> float:
+    """Training FLOPs (forward x 3) of one micro-batch."""
+    t, v = cfg.text, cfg.vision
+    text_p, vision_p = matmul_params(cfg)
+    seg = batch["segment_ids"]
+    tokens = float(np.sum(seg > 0))
+    patches = float(np.sum(batch["frame_segments"] >= 0))
+    # Causal attention: QK^T and AV, 2 flops per MAC, half the square.
+    text_attn = (
+        2 * 2 * t.num_attention_heads * t.head_dim * 0.5 * _segment_sq(np.where(seg > 0, seg, -1))
+    )
+    full = set(v.fullatt_block_indexes)
+    per_block = 2 * 2 * v.hidden_size
+    vis_attn = per_block * (
+        len(full) * _segment_sq(batch["frame_segments"])
+        + (v.depth - len(full)) * _segment_sq(batch["window_segments"])
+    )
+    forward = (
+        2 * (text_p * tokens + vision_p * patches) + t.num_hidden_layers * text_attn + vis_attn
+    )
+    return 3.0 * forward

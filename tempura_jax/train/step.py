@@ -1,0 +1,128 @@
+"""The jitted training step, split in two so gradient accumulation is a plain
+loop over micro-batches of any bucket shape:
+
+    acc = zeros()                       # gradient sums in the parameters' layout
+    for micro in batches:               # each compiled once per bucket shape
+        acc = accumulate(params, frozen, acc, micro)
+    params, opt_state, metrics = apply(params, opt_state, acc)
+
+`accumulate` adds the gradient of the *summed* token loss; `apply` divides
+by the token count of the whole global batch (all micro-batches, all
+devices), so the update is the per-token mean the reference optimises
+whatever the accumulation and device count. A non-finite loss or gradient
+norm skips the update (parameters and optimiser state pass through), as
+does a step with no target tokens. Buffers are donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from tempura_jax.data.batching import model_inputs
+from tempura_jax.sharding import batch_spec
+from tempura_jax.train.loss import lm_loss_sum
+
+State = Any  # an nnx.State of arrays
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Accum:
+    grads: State
+    loss_sum: jax.Array  # float32 ()
+    count: jax.Array  # int32 (): target tokens
+    tokens: jax.Array  # int32 (): non-padding tokens
+    patches: jax.Array  # int32 (): non-padding vision patches
+
+
+def batch_shardings(batch: dict[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
+    """Every array splits its batch axis over (data, fsdp); position ids carry
+    the batch on axis 1."""
+    return {
+        k: NamedSharding(mesh, batch_spec(v.ndim, 1 if k == "position_ids" else 0))
+        for k, v in batch.items()
+    }
+
+
+@dataclasses.dataclass
+class StepFns:
+    """Compiled pieces of one training step for a model split into
+    (graphdef, trainable, frozen) and an optax transformation."""
+
+    graphdef: Any
+    tx: optax.GradientTransformation
+    param_shardings: State
+    opt_shardings: Any
+    loss_chunk: int | None
+
+    def __post_init__(self):
+        acc_shardings = Accum(self.param_shardings, *([_replicated(self.param_shardings)] * 4))
+        self.zeros = jax.jit(self._zeros, out_shardings=acc_shardings)
+        self.accumulate = jax.jit(self._accumulate, donate_argnums=2, out_shardings=acc_shardings)
+        self.apply = jax.jit(
+            self._apply,
+            donate_argnums=(0, 1),
+            out_shardings=(self.param_shardings, self.opt_shardings, None),
+        )
+        self.init_opt = jax.jit(self.tx.init, out_shardings=self.opt_shardings)
+        self.loss = jax.jit(self._loss)
+
+    def _loss(self, train: State, frozen: State, batch: dict) -> tuple[jax.Array, jax.Array]:
+        model = nnx.merge(self.graphdef, train, frozen)
+        hidden = model.forward(model_inputs(batch))
+        head = model.head_weight().astype(hidden.dtype)
+        return lm_loss_sum(hidden, head, batch["labels"], self.loss_chunk)
+
+    def _zeros(self, train: State) -> Accum:
+        z = jnp.zeros((), jnp.int32)
+        return Accum(jax.tree.map(jnp.zeros_like, train), jnp.zeros((), jnp.float32), z, z, z)
+
+    def _accumulate(self, train: State, frozen: State, acc: Accum, batch: dict) -> Accum:
+        def f(t):
+            return self._loss(t, frozen, batch)
+
+        (loss_sum, count), grads = jax.value_and_grad(f, has_aux=True)(train)
+        return Accum(
+            grads=jax.tree.map(jnp.add, acc.grads, grads),
+            loss_sum=acc.loss_sum + loss_sum,
+            count=acc.count + count,
+            tokens=acc.tokens + jnp.sum(batch["segment_ids"] > 0).astype(jnp.int32),
+            patches=acc.patches + jnp.sum(batch["frame_segments"] >= 0).astype(jnp.int32),
+        )
+
+    def _apply(self, train: State, opt_state: Any, acc: Accum):
+        count = jnp.maximum(acc.count, 1).astype(jnp.float32)
+        grads = jax.tree.map(lambda g: g / count, acc.grads)
+        grad_norm = optax.global_norm(grads)
+        loss = acc.loss_sum / count
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        update = finite & (acc.count > 0)
+
+        def step(operands):
+            t, o = operands
+            updates, o = self.tx.update(grads, o, t)
+            return optax.apply_updates(t, updates), o
+
+        train, opt_state = jax.lax.cond(update, step, lambda x: x, (train, opt_state))
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "target_tokens": acc.count,
+            "tokens": acc.tokens,
+            "patches": acc.patches,
+            "finite": finite,
+            "updated": update,
+        }
+        return train, opt_state, metrics
+
+
+def _replicated(param_shardings: State) -> NamedSharding:
+    mesh = jax.tree.leaves(param_shardings)[0].mesh
+    return NamedSharding(mesh, PartitionSpec())

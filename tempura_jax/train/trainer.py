@@ -1,0 +1,403 @@
+"""The training loop: one code path for one CPU, one GPU or a pod slice.
+
+set up processes and the mesh -> load or resume the model, optimiser and
+data position -> for each step: accumulate micro-batches, apply the update
+-> log, checkpoint, stop on preemption or divergence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+
+from tempura_jax import checkpoint, overrides
+from tempura_jax.config import ModelConfig, from_hf_json, to_hf_dict
+from tempura_jax.data.batching import repad
+from tempura_jax.data.pipeline import DataIterator, Dataset, Shard, load_dataset
+from tempura_jax.data.tokenizer import Tokenizer
+from tempura_jax.io.hf_checkpoint import HFCheckpoint
+from tempura_jax.loading import abstract_model, default_compute_dtype, load_pretrained
+from tempura_jax.sharding import (
+    batch_shards,
+    layout_rules,
+    like_params,
+    make_mesh,
+    param_sharding,
+)
+from tempura_jax.train import checkpointing as ckpt
+from tempura_jax.train.config import TrainConfig
+from tempura_jax.train.flops import batch_flops, peak_flops
+from tempura_jax.train.metrics import MetricsLog
+from tempura_jax.train.optim import GROUPS, schedules, trainable_filter, transform
+from tempura_jax.train.step import StepFns, batch_shardings
+
+log = logging.getLogger(__name__)
+
+CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Outcome:
+    status: str  # "finished", "preempted", "already_finished"
+    step: int
+    losses: list[float]
+
+
+def init_distributed(cfg: TrainConfig) -> None:
+    d = cfg.dist
+    if d.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", d.cpu_devices)
+    if d.coordinator:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(d.coordinator, d.num_processes, d.process_id)
+    elif d.auto and any(k in os.environ for k in CLUSTER_ENV):
+        jax.distributed.initialize()
+
+
+class Preemption:
+    """SIGTERM sets a flag the loop reads between steps (all processes agree)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def agreed(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        flags = multihost_utils.process_allgather(np.array([self.requested]))
+        return bool(np.any(flags))
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _compute_dtype(cfg: TrainConfig) -> str:
+    m = cfg.model.compute_dtype
+    return default_compute_dtype() if m == "auto" else m
+
+
+def _runtime(model_cfg: ModelConfig, cfg: TrainConfig) -> ModelConfig:
+    m = cfg.model
+    return model_cfg.replace(
+        param_dtype=m.param_dtype,
+        compute_dtype=_compute_dtype(cfg),
+        attention_impl=m.attention_impl,
+        remat_decoder=m.remat_decoder,
+        remat_vision=m.remat_vision,
+    )
+
+
+def _source_record(init: str, tokenizer: str) -> dict[str, Any]:
+    """Where the weights came from and where the HF side files live, so the
+    converter can export a run's checkpoint with its tokenizer."""
+    path = Path(init).absolute()
+    record: dict[str, Any] = {
+        "format_version": 1,
+        "kind": "training",
+        "source": str(path),
+        "tokenizer_dir": str(Path(tokenizer).absolute()) if tokenizer else None,
+    }
+    if checkpoint.is_checkpoint(path):
+        params = checkpoint.OrbaxParams(path)
+        for key in ("hf_files_dir", "tokenizer_dir"):
+            if params.record.get(key):
+                record["hf_files_dir"] = str(params.record_path.parent / params.record[key])
+                break
+        record["tied_head_in_source"] = bool(params.record.get("tied_head_in_source"))
+    else:
+        record["hf_files_dir"] = str(path)
+        names = HFCheckpoint(path).names()
+        record["tied_head_in_source"] = "lm_head.weight" in names
+    return record
+
+
+def _variable_specs(state: nnx.State, mesh: Mesh, rules) -> Any:
+    """A PartitionSpec per Variable (a prefix of the state's array tree)."""
+    return jax.tree.map(
+        lambda v: param_sharding(v, mesh, rules).spec,
+        state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+
+
+def _named(specs: Any, mesh: Mesh) -> Any:
+    return jax.tree.map(
+        lambda s: NamedSharding(mesh, s),
+        specs,
+        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
+    )
+
+
+def _with_shardings(state: nnx.State, shardings: Any) -> nnx.State:
+    """Restore targets: each Variable's shape and dtype with its sharding."""
+    flat_sh = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    flat = list(nnx.to_flat_state(state))
+    if len(flat) != len(flat_sh):
+        raise ValueError("sharding tree does not match the state")
+    return nnx.from_flat_state(
+        [
+            (path, jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh))
+            for (path, v), sh in zip(flat, flat_sh, strict=True)
+        ]
+    )
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.workdir = Path(cfg.workdir).absolute()
+        self.is_main = jax.process_index() == 0
+        self.mesh = make_mesh(cfg.mesh.shape)
+        shards = batch_shards(self.mesh)
+        self.accum = cfg.batch.accumulation(shards)
+        micro = cfg.batch.per_device * shards
+        if micro % jax.process_count():
+            raise ValueError(
+                f"a micro-batch of {micro} rows does not split over {jax.process_count()} processes"
+            )
+        self.rows = micro // jax.process_count()
+        self.param_rules, self.opt_rules = layout_rules(cfg.mesh.layout)
+        self.ckpts = ckpt.RunCheckpoints(
+            self.workdir / "checkpoints",
+            keep=cfg.checkpoint.keep,
+            async_save=cfg.checkpoint.async_save,
+        )
+        self.resume_step = self.ckpts.latest_step()
+        self.model_cfg = self._model_config()
+        self.data_cfg = cfg.data.replace(batch_size=self.rows, num_epochs=cfg.epochs)
+        self.dataset: Dataset = load_dataset(
+            self.data_cfg, self.model_cfg, Shard.from_jax(), rows_per_step=self.rows * self.accum
+        )
+        self.pad_id = Tokenizer(self.data_cfg.tokenizer).pad_id
+        self.total_steps = cfg.epochs * self.dataset.steps_per_epoch
+        self.run_steps = min(self.total_steps, cfg.max_steps or self.total_steps)
+        if self.total_steps < 1:
+            raise ValueError("the data set does not fill one global batch")
+        self.tx = transform(cfg.optim, self.total_steps)
+        self.schedules = schedules(cfg.optim, self.total_steps)
+        kind = jax.devices()[0].device_kind
+        self.peak = peak_flops(kind)
+
+    def _model_config(self) -> ModelConfig:
+        if self.resume_step is not None:
+            return _runtime(from_hf_json(self.ckpts.root / checkpoint.CONFIG), self.cfg)
+        if not self.cfg.model.init:
+            raise ValueError("model.init is empty: give an HF directory or a checkpoint")
+        init = Path(self.cfg.model.init)
+        if checkpoint.is_checkpoint(init):
+            return _runtime(from_hf_json(checkpoint.OrbaxParams(init).config_path), self.cfg)
+        return _runtime(from_hf_json(init), self.cfg)
+
+    # -- state ----------------------------------------------------------------------------
+    def _build(self):
+        cfg, mesh = self.cfg, self.mesh
+        if self.resume_step is None:
+            m = cfg.model
+            model = load_pretrained(
+                m.init,
+                dtype=m.param_dtype,
+                compute_dtype=_compute_dtype(cfg),
+                attention_impl=m.attention_impl,
+                remat_decoder=m.remat_decoder,
+                remat_vision=m.remat_vision,
+                mesh=mesh,
+                rules=self.param_rules,
+            )
+        else:
+            model = abstract_model(self.model_cfg)
+        graphdef, train, frozen = nnx.split(model, trainable_filter(cfg.optim), ...)
+        if not jax.tree.leaves(train):
+            raise ValueError("every parameter is frozen: nothing to train")
+        p_train = _named(_variable_specs(train, mesh, self.param_rules), mesh)
+        p_frozen = _named(_variable_specs(frozen, mesh, self.param_rules), mesh)
+        opt_shapes = jax.eval_shape(self.tx.init, train)
+        opt_specs = like_params(opt_shapes, train, _variable_specs(train, mesh, self.opt_rules))
+        opt_sh = _named(opt_specs, mesh)
+        self.fns = StepFns(graphdef, self.tx, p_train, opt_sh, cfg.model.loss_chunk or None)
+        it: DataIterator = iter(self.dataset)
+        meta: dict[str, Any] = {
+            "step": 0,
+            "updates": 0,
+            "nan_streak": 0,
+            "rng": np.asarray(jax.random.key_data(jax.random.key(cfg.seed))).tolist(),
+        }
+        if self.resume_step is None:
+            opt_state = self.fns.init_opt(train)
+        else:
+            t_target = _with_shardings(train, p_train)
+            f_target = _with_shardings(frozen, p_frozen)
+            opt_target = jax.tree.map(
+                lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                opt_shapes,
+                opt_sh,
+            )
+            out = self.ckpts.restore(
+                self.resume_step, ckpt.params_tree(t_target, f_target), opt_target
+            )
+            train = ckpt.fill_state(train, out[checkpoint.PARAMS])
+            frozen = ckpt.fill_state(frozen, out[checkpoint.PARAMS])
+            opt_state = out[ckpt.OPT_ITEM]
+            it.set_state(out[ckpt.DATA_ITEM])
+            meta = out[ckpt.META_ITEM]
+        return train, frozen, opt_state, it, meta
+
+    # -- batches --------------------------------------------------------------------------
+    def _global_batch(self, local: dict[str, Any]) -> tuple[dict[str, jax.Array], float]:
+        """This process's rows -> global arrays; all processes agree on one
+        bucket shape first. Returns the batch and its model FLOPs (all rows)."""
+        local = {k: v for k, v in local.items() if k != "sources"}
+        flops = batch_flops(local, self.model_cfg)
+        if jax.process_count() > 1:
+            mine = np.array([local["input_ids"].shape[1], local["pixel_values"].shape[1], flops])
+            every = multihost_utils.process_allgather(mine)
+            seq, patches = int(every[:, 0].max()), int(every[:, 1].max())
+            local = repad(local, seq, patches, self.pad_id)
+            flops = float(every[:, 2].sum())
+        shardings = batch_shardings(local, self.mesh)
+        arrays = {
+            k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()
+        }
+        return arrays, flops
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        cfg = self.cfg
+        if self.resume_step is not None and self.resume_step >= self.run_steps:
+            return Outcome("already_finished", self.resume_step, [])
+        if self.resume_step is None:
+            self.ckpts.write_model_files(
+                to_hf_dict(self.model_cfg), _source_record(cfg.model.init, cfg.data.tokenizer)
+            )
+        train, frozen, opt_state, it, meta = self._build()
+        step = int(meta["step"])
+        out = MetricsLog(
+            self.workdir,
+            total_steps=self.run_steps,
+            start_step=step,
+            tensorboard=cfg.tensorboard,
+            progress=cfg.progress,
+            enabled=self.is_main,
+        )
+        self._announce(out, step)
+        preempt = Preemption()
+        losses: list[float] = []
+        status = "finished"
+        try:
+            while step < self.run_steps:
+                t0 = time.perf_counter()
+                acc = self.fns.zeros(train)
+                flops, data_time = 0.0, 0.0
+                for _ in range(self.accum):
+                    d0 = time.perf_counter()
+                    batch, f = self._global_batch(next(it))
+                    data_time += time.perf_counter() - d0
+                    flops += f
+                    acc = self.fns.accumulate(train, frozen, acc, batch)
+                updates = int(meta["updates"])
+                train, opt_state, m = self.fns.apply(train, opt_state, acc)
+                m = jax.device_get(m)
+                dt = time.perf_counter() - t0
+                step += 1
+                loss = float(m["loss"])
+                losses.append(loss)
+                meta["step"] = step
+                if bool(m["updated"]):
+                    meta["updates"] = updates + 1
+                meta["nan_streak"] = 0 if bool(m["finite"]) else int(meta["nan_streak"]) + 1
+                record = self._record(step, m, updates, dt, data_time, flops)
+                if step % cfg.log_every == 0 or step == self.run_steps:
+                    out.write(record)
+                out.advance(step, loss)
+                if not bool(m["finite"]):
+                    out.message(
+                        f"step {step}: non-finite loss {loss} or grad norm "
+                        f"{float(m['grad_norm'])}; update skipped "
+                        f"({meta['nan_streak']}/{cfg.nan_patience} in a row)"
+                    )
+                    if meta["nan_streak"] >= cfg.nan_patience:
+                        self.ckpts.wait()
+                        raise TrainingDiverged(
+                            f"{meta['nan_streak']} non-finite steps in a row at step {step}; "
+                            f"last good checkpoint: {self.ckpts.latest_step()} in {self.ckpts.root}"
+                        )
+                    continue
+                stop = preempt.agreed()
+                if stop or step % cfg.checkpoint.every == 0 or step == self.run_steps:
+                    self._save(step, train, frozen, opt_state, it, meta, force=stop)
+                if stop:
+                    status = "preempted"
+                    out.message(f"SIGTERM: saved step {step} to {self.ckpts.root}; exiting")
+                    break
+            self.ckpts.wait()
+        finally:
+            preempt.restore()
+            out.close()
+            self.ckpts.wait()
+        return Outcome(status, step, losses)
+
+    def _save(self, step, train, frozen, opt_state, it, meta, force=False) -> None:
+        meta = {**meta, "config": overrides.to_dict(self.cfg)}
+        self.ckpts.save(
+            step, ckpt.params_tree(train, frozen), opt_state, it.get_state(), meta, force=force
+        )
+
+    def _record(self, step, m, updates, dt, data_time, flops) -> dict[str, Any]:
+        n_dev = jax.device_count()
+        rec: dict[str, Any] = {
+            "step": step,
+            "epoch": step / self.dataset.steps_per_epoch,
+            "loss": float(m["loss"]),
+            "grad_norm": float(m["grad_norm"]),
+            **{f"lr_{g}": float(self.schedules[g](updates)) for g in GROUPS},
+            "updated": bool(m["updated"]),
+            "target_tokens": int(m["target_tokens"]),
+            "tokens": int(m["tokens"]),
+            "patches": int(m["patches"]),
+            "step_time": dt,
+            "data_time": data_time,
+            "tokens_per_s": int(m["tokens"]) / dt,
+            "skipped_records": self.dataset.skips.skipped,
+        }
+        rec["mfu"] = flops / (dt * self.peak * n_dev) if self.peak else None
+        return rec
+
+    def _announce(self, out: MetricsLog, step: int) -> None:
+        cfg = self.cfg
+        mesh = dict(self.mesh.shape)
+        lines = [
+            f"tempura-jax train: stage {cfg.stage} ({cfg.name}) -> {self.workdir}",
+            f"  devices {jax.device_count()} x {jax.devices()[0].device_kind} over "
+            f"{jax.process_count()} process(es); mesh {mesh}; layout {cfg.mesh.layout}",
+            f"  batch {cfg.batch.global_size} = {cfg.batch.per_device}/device x "
+            f"{batch_shards(self.mesh)} shards x {self.accum} accumulation",
+            f"  {len(self.dataset.records)} records, {self.dataset.steps_per_epoch} steps/epoch, "
+            f"{self.run_steps} of {self.total_steps} steps; "
+            + (f"resuming at step {step}" if step else f"from {cfg.model.init}"),
+            "  config: " + json.dumps(overrides.to_dict(cfg), sort_keys=True),
+        ]
+        for line in lines:
+            out.message(line)
+
+
+def train(cfg: TrainConfig) -> Outcome:
+    init_distributed(cfg)
+    return Trainer(cfg).run()
