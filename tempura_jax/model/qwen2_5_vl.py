@@ -119,9 +119,12 @@ class Qwen2_5_VL(nnx.Module):
         return ModelOutput(logits=forward_logits(self, inputs), rope_deltas=deltas)
 
 
-@nnx.vmap(in_axes=(None, 0))
 def _vision_per_row(visual: VisionTower, vision: VisionInputs) -> jax.Array:
-    return visual(vision)
+    """The tower over each row's vision inputs. A plain `jax.vmap` over the
+    split module: nnx.vmap refuses Variables whose values come from an outer
+    trace, which is what frozen parameters are inside the training step."""
+    graphdef, state = nnx.split(visual)
+    return jax.vmap(lambda s, v: nnx.merge(graphdef, s)(v), in_axes=(None, 0))(state, vision)
 
 
 @nnx.jit

@@ -56,7 +56,11 @@ class TrainingDiverged(RuntimeError):
 class Outcome:
     status: str  # "finished", "preempted", "already_finished"
     step: int
-    losses: list[float]
+    records: list[dict[str, Any]]  # this run's step metrics
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self.records]
 
 
 def init_distributed(cfg: TrainConfig) -> None:
@@ -162,11 +166,12 @@ def _with_shardings(state: nnx.State, shardings: Any) -> nnx.State:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, devices: list[jax.Device] | None = None):
+        """`devices`: the mesh's devices (default: all devices of all processes)."""
         self.cfg = cfg
         self.workdir = Path(cfg.workdir).absolute()
         self.is_main = jax.process_index() == 0
-        self.mesh = make_mesh(cfg.mesh.shape)
+        self.mesh = make_mesh(cfg.mesh.shape, devices)
         shards = batch_shards(self.mesh)
         self.accum = cfg.batch.accumulation(shards)
         micro = cfg.batch.per_device * shards
@@ -299,7 +304,7 @@ class Trainer:
         )
         self._announce(out, step)
         preempt = Preemption()
-        losses: list[float] = []
+        records: list[dict[str, Any]] = []
         status = "finished"
         try:
             while step < self.run_steps:
@@ -318,12 +323,12 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 step += 1
                 loss = float(m["loss"])
-                losses.append(loss)
                 meta["step"] = step
                 if bool(m["updated"]):
                     meta["updates"] = updates + 1
                 meta["nan_streak"] = 0 if bool(m["finite"]) else int(meta["nan_streak"]) + 1
                 record = self._record(step, m, updates, dt, data_time, flops)
+                records.append(record)
                 if step % cfg.log_every == 0 or step == self.run_steps:
                     out.write(record)
                 out.advance(step, loss)
@@ -352,7 +357,7 @@ class Trainer:
             preempt.restore()
             out.close()
             self.ckpts.wait()
-        return Outcome(status, step, losses)
+        return Outcome(status, step, records)
 
     def _save(self, step, train, frozen, opt_state, it, meta, force=False) -> None:
         meta = {**meta, "config": overrides.to_dict(self.cfg)}
@@ -361,7 +366,7 @@ class Trainer:
         )
 
     def _record(self, step, m, updates, dt, data_time, flops) -> dict[str, Any]:
-        n_dev = jax.device_count()
+        n_dev = self.mesh.devices.size
         rec: dict[str, Any] = {
             "step": step,
             "epoch": step / self.dataset.steps_per_epoch,
@@ -385,7 +390,7 @@ class Trainer:
         mesh = dict(self.mesh.shape)
         lines = [
             f"tempura-jax train: stage {cfg.stage} ({cfg.name}) -> {self.workdir}",
-            f"  devices {jax.device_count()} x {jax.devices()[0].device_kind} over "
+            f"  devices {self.mesh.devices.size} x {jax.devices()[0].device_kind} over "
             f"{jax.process_count()} process(es); mesh {mesh}; layout {cfg.mesh.layout}",
             f"  batch {cfg.batch.global_size} = {cfg.batch.per_device}/device x "
             f"{batch_shards(self.mesh)} shards x {self.accum} accumulation",

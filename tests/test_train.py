@@ -1,0 +1,356 @@
+"""launch/train.py and the trainer: sharded equality, multi-process equality,
+exact resume after SIGKILL, SIGTERM checkpoints, divergence, freezing and
+per-group schedules, on a tiny model and the demo data (CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import configs
+from tempura_jax import overrides
+from tempura_jax.config import tiny
+from tempura_jax.train import checkpointing
+from tempura_jax.train.optim import schedules
+from tempura_jax.train.trainer import Trainer, TrainingDiverged
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "launch" / "train.py")
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory):
+    """Enough records for two global batches of 8 (both stages' files)."""
+    from tempura_jax.data.demo import DemoSpec, make_demo_data
+
+    out = tmp_path_factory.mktemp("train_data")
+    return make_demo_data(out, DemoSpec(num_videos=8, min_seconds=10, max_seconds=12))
+
+
+@pytest.fixture(scope="session")
+def tiny_init(tmp_path_factory):
+    from tempura_jax.random_checkpoint import write_random_hf_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny_init")
+    write_random_hf_checkpoint(tiny(), out, dtype="float32", seed=0)
+    return out
+
+
+def run_args(demo, init, workdir, *extra) -> list[str]:
+    """key=value overrides: the demo config pointed at the test fixtures."""
+    return [
+        f"model.init={init}",
+        f"data.data={demo['stage1']},{demo['stage2']}",
+        f"data.media_root={demo['media_root']}",
+        f"data.tokenizer={demo['tokenizer']}",
+        f"workdir={workdir}",
+        "data.read_threads=1",
+        "tensorboard=false",
+        "progress=false",
+        "batch.global_size=4",
+        "batch.per_device=2",
+        *extra,
+    ]
+
+
+def config(demo, init, workdir, *extra):
+    return overrides.apply(configs.get("demo").get_config(1), run_args(demo, init, workdir, *extra))
+
+
+def metrics(workdir: Path) -> dict[int, dict]:
+    """The last record logged for each step (a resumed run re-logs steps)."""
+    out = {}
+    for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec
+    return out
+
+
+def env() -> dict[str, str]:
+    """One CPU device per process, nothing inherited from the test process."""
+    return {
+        "JAX_PLATFORMS": "cpu",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "HOME": os.environ.get("HOME", "/tmp"),
+    }
+
+
+def launch(args, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, TRAIN, "--stage", "1", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        **kw,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: float = 300) -> None:
+    """Block until `step` is logged (by reading the metrics file as it grows)."""
+    import time
+
+    path = Path(workdir) / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read()[-3000:]}")
+        if path.exists() and max(metrics(workdir), default=0) >= step:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+# -- one process: meshes, layouts, accumulation ---------------------------------------------
+
+
+MESH_ARGS = ("max_steps=2", "batch.global_size=8")
+
+
+@pytest.fixture(scope="module")
+def single_device_run(train_data, tiny_init, tmp_path_factory):
+    """Global batch 8 on one device: 2 rows x 4 accumulation steps."""
+    cfg = config(train_data, tiny_init, tmp_path_factory.mktemp("one"), *MESH_ARGS)
+    return Trainer(cfg, devices=jax.devices()[:1]).run()
+
+
+@pytest.mark.parametrize(
+    "shape,layout",
+    [((8, 1, 1), "fsdp"), ((2, 4, 1), "fsdp"), ((2, 4, 1), "zero2"), ((2, 2, 2), "fsdp")],
+)
+def test_meshes_match_one_device(train_data, tiny_init, tmp_path, single_device_run, shape, layout):
+    """The same global batches on 8 devices (any mesh, layout and accumulation:
+    (2,2,2) has 4 batch shards, so 2 accumulation steps) give the losses and
+    gradient norms of one device."""
+    cfg = config(
+        train_data,
+        tiny_init,
+        tmp_path,
+        *MESH_ARGS,
+        f"mesh.shape={','.join(map(str, shape))}",
+        f"mesh.layout={layout}",
+        "batch.per_device=1",
+    )
+    trainer = Trainer(cfg)
+    assert trainer.accum == (2 if shape == (2, 2, 2) else 1)
+    out = trainer.run()
+    embed = trainer.fns.param_shardings["model"]["embed_tokens"]
+    opt_specs = {str(s.spec) for s in jax.tree.leaves(trainer.fns.opt_shardings)}
+    if layout == "fsdp" and shape[1] > 1:  # parameters split over fsdp
+        assert "fsdp" in str(embed.spec)
+    if layout == "zero2":  # whole parameters, split optimiser state
+        assert "fsdp" not in str(embed.spec) and any("fsdp" in s for s in opt_specs)
+    ref = single_device_run.records
+    assert len(out.records) == len(ref) == 2
+    for a, b in zip(out.records, ref, strict=True):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-5)
+        assert a["target_tokens"] == b["target_tokens"]
+    assert ref[1]["loss"] != ref[0]["loss"]
+
+
+# -- separate processes: exact resume, preemption, two processes ---------------------------
+
+RUN_ARGS = ("max_steps=5", "checkpoint.every=2", "checkpoint.keep=2")
+
+
+@pytest.fixture(scope="module")
+def reference(train_data, tiny_init, tmp_path_factory):
+    """An uninterrupted single-process run (one CPU device, 2 x 2 accumulation)."""
+    workdir = tmp_path_factory.mktemp("reference")
+    finish(launch(run_args(train_data, tiny_init, workdir, *RUN_ARGS)))
+    return metrics(workdir)
+
+
+def test_sigkill_then_resume_is_bit_identical(train_data, tiny_init, tmp_path, reference):
+    args = run_args(train_data, tiny_init, tmp_path, *RUN_ARGS)
+    proc = launch(args)
+    wait_for_step(proc, tmp_path, 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(metrics(tmp_path))
+    assert killed_at < 5
+    out = finish(launch(args))
+    assert "finished at step 5" in out
+    got = metrics(tmp_path)
+    assert sorted(got) == sorted(reference) == [1, 2, 3, 4, 5]
+    for step in reference:
+        assert got[step]["loss"] == reference[step]["loss"], step  # bit-identical
+        assert got[step]["grad_norm"] == reference[step]["grad_norm"], step
+    assert len(set(r["loss"] for r in reference.values())) == 5
+
+
+def test_sigterm_saves_a_complete_checkpoint(train_data, tiny_init, tmp_path, reference):
+    args = run_args(train_data, tiny_init, tmp_path, "checkpoint.every=100", "max_steps=5")
+    proc = launch(args)
+    wait_for_step(proc, tmp_path, 2)
+    proc.send_signal(signal.SIGTERM)
+    out = finish(proc)
+    step = max(metrics(tmp_path))
+    assert f"preempted at step {step}" in out and step < 5
+    root = tmp_path / "checkpoints"
+    assert sorted(int(d.name) for d in root.iterdir() if d.name.isdigit()) == [step]
+    # Complete: every item restores, and the parameters load as a model.
+    import tempura_jax
+
+    model = tempura_jax.load_pretrained(root)
+    assert model.config.text.hidden_size == tiny().text.hidden_size
+    meta = json.loads((root / str(step) / checkpointing.META_ITEM / "metadata").read_text())
+    assert meta["step"] == step and meta["config"]["workdir"] == str(tmp_path)
+    data = root / str(step) / checkpointing.DATA_ITEM / "process_0-of-1.json"
+    assert "grain" in json.loads(data.read_text())
+    finish(launch(args))  # resumes from the preemption checkpoint and finishes
+    got = metrics(tmp_path)
+    assert [got[s]["loss"] for s in sorted(got)] == [reference[s]["loss"] for s in sorted(got)]
+
+
+def test_two_processes_equal_one(train_data, tiny_init, tmp_path, reference):
+    """Two gloo processes (one device each, a 2-way data mesh, no accumulation)
+    log the losses of the single-process run (2 x 2 accumulation)."""
+    import portpicker
+
+    port = portpicker.pick_unused_port()
+    args = run_args(train_data, tiny_init, tmp_path, *RUN_ARGS)
+    procs = [
+        launch(
+            [
+                *args,
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ]
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        finish(p)
+    got = metrics(tmp_path)
+    assert sorted(got) == sorted(reference)
+    for step in reference:
+        np.testing.assert_allclose(got[step]["loss"], reference[step]["loss"], rtol=1e-5)
+        np.testing.assert_allclose(got[step]["grad_norm"], reference[step]["grad_norm"], rtol=1e-5)
+    assert (tmp_path / "checkpoints" / "5" / "data" / "process_1-of-2.json").exists()
+
+
+# -- freezing, schedules, divergence, the CLI ------------------------------------------------
+
+
+def test_frozen_parameters_bit_identical_and_schedules(train_data, tiny_init, tmp_path):
+    """A frozen vision tower is bit-identical after training (the merger and
+    LLM move), and each group's logged learning rate follows its schedule."""
+    import tempura_jax
+    from tempura_jax.train.optim import GROUPS
+
+    cfg = config(
+        train_data,
+        tiny_init,
+        tmp_path,
+        "max_steps=3",
+        "optim.freeze_vision_tower=true",
+        "optim.warmup_ratio=0.25",
+    )
+    trainer = Trainer(cfg, devices=jax.devices()[:1])
+    out = trainer.run()
+    before = tempura_jax.load_pretrained(tiny_init)
+    after = tempura_jax.load_pretrained(tmp_path / "checkpoints")
+    b = before.visual.blocks[0].attn.qkv.kernel[...]
+    np.testing.assert_array_equal(np.asarray(after.visual.blocks[0].attn.qkv.kernel[...]), b)
+    np.testing.assert_array_equal(
+        np.asarray(after.visual.patch_embed.kernel[...]), before.visual.patch_embed.kernel[...]
+    )
+    assert not np.array_equal(
+        after.visual.merger.fc1.kernel[...], before.visual.merger.fc1.kernel[...]
+    )
+    assert not np.array_equal(after.model.embed_tokens[...], before.model.embed_tokens[...])
+    scheds = schedules(cfg.optim, trainer.total_steps)
+    for i, rec in enumerate(out.records):
+        for g in GROUPS:
+            assert rec[f"lr_{g}"] == pytest.approx(float(scheds[g](i)), rel=1e-6)
+    assert out.records[0]["lr_llm"] == 0.0  # warm-up starts at zero
+    assert out.records[1]["lr_llm"] > 0 and out.records[1]["lr_vision"] < out.records[1]["lr_llm"]
+
+
+def test_non_finite_steps_are_skipped_then_stop(train_data, tiny_init, tmp_path):
+    """A learning rate of 1e30 blows the weights up after one update: the
+    following non-finite steps leave parameters and optimiser state alone and
+    the run stops after `nan_patience` of them, keeping the last checkpoint."""
+    cfg = config(
+        train_data,
+        tiny_init,
+        tmp_path,
+        "max_steps=6",
+        "optim.llm_lr=1e30",
+        "optim.warmup_ratio=0",
+        "optim.max_grad_norm=1e30",
+        "nan_patience=2",
+        "checkpoint.every=1",
+    )
+    with pytest.raises(TrainingDiverged, match="2 non-finite steps in a row"):
+        Trainer(cfg, devices=jax.devices()[:1]).run()
+    recs = metrics(tmp_path)
+    assert recs[1]["updated"] is True
+    bad = [s for s, r in recs.items() if not r["updated"]]
+    assert bad == [2, 3], recs
+    assert all(
+        r["loss"] in ("nan", "inf") or not np.isfinite(r["grad_norm"])
+        for s, r in recs.items()
+        if s in bad
+    )
+    steps = sorted(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit())
+    assert steps[-1] == 1  # nothing saved after the first bad step
+
+
+def test_cli_help_and_bad_keys(capsys):
+    sys.path.insert(0, str(ROOT / "launch"))
+    import train as cli
+
+    assert cli.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for key in (
+        "optim.vision_lr",
+        "mesh.layout",
+        "batch.global_size",
+        "data.sampling.fps",
+        "model.remat_decoder",
+        "checkpoint.every",
+    ):
+        assert key in text
+    assert cli.main(["--stage", "1", "optim.no_such_key=1"]) == 2
+    assert "unknown key 'optim.no_such_key'" in capsys.readouterr().err
+    assert cli.main(["--stage", "1", "mesh.layout=zero3"]) == 2
+    assert cli.main(["--stage", "1", "optim.llm_lr=fast"]) == 2
+
+
+def test_overrides_parse_by_type():
+    cfg = configs.get("qwen2_5_vl_3b").get_config(2)
+    assert (cfg.batch.global_size, cfg.optim.vision_lr, cfg.optim.llm_lr) == (64, 2e-6, 1e-5)
+    assert cfg.optim.weight_decay == 0.1 and cfg.optim.warmup_ratio == 0.03 and cfg.epochs == 1
+    cfg = overrides.apply(
+        cfg,
+        [
+            "mesh.shape=2,2,2",
+            "data.sampling.num_frames=8",
+            "max_steps=none",
+            "optim.freeze_llm=yes",
+        ],
+    )
+    assert cfg.mesh.shape == (2, 2, 2) and cfg.data.sampling.num_frames == 8
+    assert cfg.max_steps is None and cfg.optim.freeze_llm is True
+    with pytest.raises(overrides.OverrideError, match="is a group"):
+        overrides.apply(cfg, ["optim=1"])
