@@ -90,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
 
         multihost_utils.sync_global_devices("prepared")
     try:
-        outcome = trainer.Trainer(cfg).run()
+        run = trainer.Trainer(cfg)
+    except (ValueError, FileNotFoundError) as e:  # config, data or model set-up
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        outcome = run.run()
     except trainer.TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED

@@ -1,6 +1,7 @@
 """The README's main command and the benchmarks keep working (tiny sizes)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,33 @@ def test_convert_bench_tiny(tmp_path):
     r = json.loads(result.read_text())
     assert r["checkpoint_bytes"] > 0 and r["to_orbax"]["peak_rss_bytes"] > 0
     assert not (tmp_path / "w").exists()
+
+
+def test_train_both_stages_on_the_demo(tmp_path):
+    """`launch/train.py --stage 1` then `--stage 2`, no other argument (the
+    README's main command): writes the demo data and tiny model, trains, and
+    the loss falls in both stages; stage 2 starts from stage 1's checkpoint."""
+
+    def train(stage):
+        return subprocess.run(
+            [sys.executable, str(REPO / "launch" / "train.py"), "--stage", str(stage)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},  # one CPU device
+        ).stdout
+
+    out1 = train(1)
+    assert "finished at step" in out1
+    out2 = train(2)
+    assert "stage1/checkpoints" in out2 and "finished at step" in out2
+    for stage in (1, 2):
+        rows = [
+            json.loads(line)
+            for line in (tmp_path / f"workdir/demo/stage{stage}/metrics.jsonl").open()
+        ]
+        losses = [r["loss"] for r in rows]
+        assert len(losses) >= 12
+        assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
+    assert "already_finished" in train(2)  # a finished run is not redone
