@@ -122,6 +122,21 @@ def layout_rules(layout: str, rules: Rules = DEFAULT_RULES) -> tuple[Rules, Rule
     raise ValueError(f"unknown layout {layout!r}")
 
 
+def variable_specs(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """A PartitionSpec per Variable of `state` (a prefix of its array tree)."""
+    return jax.tree.map(
+        lambda v: param_sharding(v, mesh, rules).spec,
+        state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+
+
+def named(specs: Any, mesh: Mesh) -> Any:
+    return jax.tree.map(
+        lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
+    )
+
+
 def batch_spec(ndim: int, batch_axis: int = 0) -> PartitionSpec:
     spec: list = [None] * ndim
     spec[batch_axis] = BATCH_AXES

@@ -117,3 +117,27 @@ def test_train_both_stages_on_the_demo(tmp_path):
         assert len(losses) >= 12
         assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
     assert "already_finished" in train(2)  # a finished run is not redone
+
+
+def test_train_step_bench_tiny(tmp_path):
+    """bench/train_step.py at a tiny size: both sides train the same shapes."""
+    result = tmp_path / "t.json"
+    run(
+        "bench/train_step.py",
+        "--size",
+        "tiny",
+        "--frames",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--out",
+        str(result),
+    )
+    rec = json.loads(result.read_text())
+    jax_r, torch_r = rec["results"]["jax"], rec["results"]["torch"]
+    assert rec["tokens_per_step"] == 2 * rec["seq_len"] and rec["model_flops_per_step"] > 0
+    assert jax_r["step_time"] > 0 and torch_r["step_time"] > 0
+    # Same random-init scale and targets: both start near log(vocab).
+    assert abs(jax_r["loss"] - torch_r["loss"]) < 1.0

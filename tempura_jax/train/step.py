@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tempura_jax.data.batching import model_inputs
-from tempura_jax.sharding import batch_spec
+from tempura_jax.sharding import batch_spec, layout_rules, like_params, named, variable_specs
 from tempura_jax.train.loss import lm_loss_sum
 
 State = Any  # an nnx.State of arrays
@@ -61,6 +61,24 @@ class StepFns:
     param_shardings: State
     opt_shardings: Any
     loss_chunk: int | None
+
+    @classmethod
+    def build(
+        cls,
+        graphdef: Any,
+        train: State,
+        tx: optax.GradientTransformation,
+        mesh: Mesh,
+        layout: str,
+        loss_chunk: int | None,
+    ) -> StepFns:
+        """Shardings from the parameters' logical axes under a layout: the
+        optimiser state follows the parameters it belongs to."""
+        param_rules, opt_rules = layout_rules(layout)
+        param_sh = named(variable_specs(train, mesh, param_rules), mesh)
+        opt_shapes = jax.eval_shape(tx.init, train)
+        opt_specs = like_params(opt_shapes, train, variable_specs(train, mesh, opt_rules))
+        return cls(graphdef, tx, param_sh, named(opt_specs, mesh), loss_chunk)
 
     def __post_init__(self):
         acc_shardings = Accum(self.param_shardings, *([_replicated(self.param_shardings)] * 4))

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 
 from tempura_jax import checkpoint, overrides
 from tempura_jax.config import ModelConfig, from_hf_json, to_hf_dict
@@ -29,13 +29,7 @@ from tempura_jax.data.pipeline import DataIterator, Dataset, Shard, load_dataset
 from tempura_jax.data.tokenizer import Tokenizer
 from tempura_jax.io.hf_checkpoint import HFCheckpoint
 from tempura_jax.loading import abstract_model, default_compute_dtype, load_pretrained
-from tempura_jax.sharding import (
-    batch_shards,
-    layout_rules,
-    like_params,
-    make_mesh,
-    param_sharding,
-)
+from tempura_jax.sharding import batch_shards, layout_rules, make_mesh, named, variable_specs
 from tempura_jax.train import checkpointing as ckpt
 from tempura_jax.train.config import TrainConfig
 from tempura_jax.train.flops import batch_flops, peak_flops
@@ -134,23 +128,6 @@ def _source_record(init: str, tokenizer: str) -> dict[str, Any]:
     return record
 
 
-def _variable_specs(state: nnx.State, mesh: Mesh, rules) -> Any:
-    """A PartitionSpec per Variable (a prefix of the state's array tree)."""
-    return jax.tree.map(
-        lambda v: param_sharding(v, mesh, rules).spec,
-        state,
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
-    )
-
-
-def _named(specs: Any, mesh: Mesh) -> Any:
-    return jax.tree.map(
-        lambda s: NamedSharding(mesh, s),
-        specs,
-        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
-    )
-
-
 def _with_shardings(state: nnx.State, shardings: Any) -> nnx.State:
     """Restore targets: each Variable's shape and dtype with its sharding."""
     flat_sh = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
@@ -180,7 +157,7 @@ class Trainer:
                 f"a micro-batch of {micro} rows does not split over {jax.process_count()} processes"
             )
         self.rows = micro // jax.process_count()
-        self.param_rules, self.opt_rules = layout_rules(cfg.mesh.layout)
+        self.param_rules, _ = layout_rules(cfg.mesh.layout)
         self.ckpts = ckpt.RunCheckpoints(
             self.workdir / "checkpoints",
             keep=cfg.checkpoint.keep,
@@ -232,12 +209,12 @@ class Trainer:
         graphdef, train, frozen = nnx.split(model, trainable_filter(cfg.optim), ...)
         if not jax.tree.leaves(train):
             raise ValueError("every parameter is frozen: nothing to train")
-        p_train = _named(_variable_specs(train, mesh, self.param_rules), mesh)
-        p_frozen = _named(_variable_specs(frozen, mesh, self.param_rules), mesh)
+        self.fns = StepFns.build(
+            graphdef, train, self.tx, mesh, cfg.mesh.layout, cfg.model.loss_chunk or None
+        )
+        p_train, opt_sh = self.fns.param_shardings, self.fns.opt_shardings
+        p_frozen = named(variable_specs(frozen, mesh, self.param_rules), mesh)
         opt_shapes = jax.eval_shape(self.tx.init, train)
-        opt_specs = like_params(opt_shapes, train, _variable_specs(train, mesh, self.opt_rules))
-        opt_sh = _named(opt_specs, mesh)
-        self.fns = StepFns(graphdef, self.tx, p_train, opt_sh, cfg.model.loss_chunk or None)
         it: DataIterator = iter(self.dataset)
         meta: dict[str, Any] = {
             "step": 0,

@@ -1,0 +1,219 @@
+"""Training-step throughput: tempura-jax vs transformers (torch), same shapes.
+
+A Qwen2.5-VL-3B-shaped model with random weights at TEMPURA's shapes: 1 FPS
+frames of 336x196 (each its own image block, 84 merged tokens), about 60
+frames, a short prompt and a reply, batch 2 per device, one device. Both
+sides run bf16 compute with gradient checkpointing, AdamW and the same
+token/patch counts; torch uses its best available attention
+(flash_attention_2, else sdpa). Reports step time, tokens/s and MFU (model
+FLOPs from `tempura_jax.train.flops`, the same count for both sides).
+
+    python bench/train_step.py                      # GPU: 3B shapes
+    python bench/train_step.py --size tiny --frames 4 --steps 2   # CPU check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from tempura_jax import config as C  # noqa: E402
+from tempura_jax.data.batching import VISION_KEYS  # noqa: E402
+from tempura_jax.data.chat import IGNORE  # noqa: E402
+from tempura_jax.model.inputs import prepare_inputs  # noqa: E402
+from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL  # noqa: E402
+from tempura_jax.sharding import make_mesh, model_shardings  # noqa: E402
+from tempura_jax.train.flops import batch_flops, peak_flops  # noqa: E402
+from tempura_jax.train.optim import OptimConfig, transform  # noqa: E402
+from tempura_jax.train.step import StepFns, batch_shardings  # noqa: E402
+
+SIZES = {"3b": C.qwen2_5_vl_3b, "tiny": C.tiny}
+PROMPT, REPLY = 48, 192  # text tokens around the frames; the reply carries the loss
+
+
+def sample(cfg: C.ModelConfig, frames: int, hw: tuple[int, int], seed: int):
+    """One TEMPURA-style sample: prompt, per-frame image blocks, reply."""
+    rng = np.random.default_rng(seed)
+    v = cfg.vision
+    gh, gw = hw[0] // v.patch_size, hw[1] // v.patch_size
+    per_frame = gh * gw // v.merge_unit
+    block = (
+        [cfg.vision_start_token_id] + [cfg.image_token_id] * per_frame + [cfg.vision_end_token_id]
+    )
+    special = min(cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id)
+    text = lambda n: rng.integers(0, min(special, 150000), n).tolist()  # noqa: E731
+    prompt, reply = text(PROMPT), text(REPLY)
+    ids = np.array([prompt + block * frames + reply], np.int64)
+    labels = np.full_like(ids, IGNORE)
+    labels[0, -REPLY:] = reply
+    grid = np.array([[1, gh, gw]] * frames)
+    pixels = rng.standard_normal((frames * gh * gw, v.patch_dim)).astype(np.float32)
+    return ids, labels, pixels, grid
+
+
+def jax_batch(cfg, ids, labels, pixels, grid, batch: int) -> dict[str, np.ndarray]:
+    """The data pipeline's batch layout (vision arrays with a batch axis)."""
+    inp = prepare_inputs(cfg, ids, pixel_values=pixels, image_grid_thw=grid)
+    one = {
+        "input_ids": inp.input_ids,
+        "segment_ids": inp.segment_ids,
+        "labels": labels.astype(np.int32),
+        "num_image_tokens": np.array([int(inp.num_image_tokens)], np.int32),
+        **{k: np.asarray(getattr(inp.vision, k))[None] for k in VISION_KEYS},
+    }
+    out = {k: np.repeat(a, batch, axis=0) for k, a in one.items()}
+    out["position_ids"] = np.repeat(np.asarray(inp.position_ids), batch, axis=1)
+    return out
+
+
+def run_jax(cfg, batch_np, steps: int, warmup: int) -> dict:
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    abstract = nnx.eval_shape(lambda: Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)))
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = model_shardings(abstract, mesh)
+    state = jax.jit(
+        lambda: nnx.split(Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)))[1], out_shardings=shardings
+    )()
+    tx = transform(OptimConfig(warmup_ratio=0.0), 1000)
+    empty = nnx.State({})
+    fns = StepFns.build(graphdef, state, tx, mesh, "fsdp", 1024)
+    opt = fns.init_opt(state)
+    sh = batch_shardings(batch_np, mesh)
+    batch = {k: jax.device_put(v, sh[k]) for k, v in batch_np.items()}
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        acc = fns.accumulate(state, empty, fns.zeros(state), batch)
+        state, opt, m = fns.apply(state, opt, acc)
+        loss = float(m["loss"])
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {"step_time": float(np.median(times)), "loss": loss}
+
+
+def run_torch(cfg, ids, labels, pixels, grid, batch: int, steps: int, warmup: int, dtype: str):
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tdtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+    attn = "sdpa"
+    try:
+        import flash_attn  # noqa: F401
+
+        attn = "flash_attention_2" if device == "cuda" else "sdpa"
+    except ImportError:
+        pass
+    hf = Qwen2_5_VLConfig(**C.to_hf_dict(cfg))
+    model = Qwen2_5_VLForConditionalGeneration._from_config(
+        hf, attn_implementation=attn, dtype=tdtype
+    ).to(device)
+    model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
+    inputs = {
+        "input_ids": torch.tensor(np.repeat(ids, batch, 0), device=device),
+        "attention_mask": torch.ones((batch, ids.shape[1]), dtype=torch.long, device=device),
+        "labels": torch.tensor(np.repeat(labels, batch, 0), device=device),
+        "pixel_values": torch.tensor(np.tile(pixels, (batch, 1)), dtype=tdtype, device=device),
+        "image_grid_thw": torch.tensor(np.tile(grid, (batch, 1)), device=device),
+    }
+    times = []
+    for i in range(warmup + steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        lv = float(loss.detach())
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {"step_time": float(np.median(times)), "loss": lv, "attention": attn, "device": device}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", choices=sorted(SIZES), default="3b")
+    p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--frame-hw", default="196,336", help="frame height,width in pixels")
+    p.add_argument("--batch", type=int, default=2, help="samples per device")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
+    p.add_argument("--remat", default="full", help="remat policy for both towers (jax)")
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--out", default=None, help="JSON results (default bench/results/...)")
+    args = p.parse_args()
+
+    on_cpu = jax.default_backend() == "cpu"
+    dtype = args.dtype if args.dtype != "auto" else ("float32" if on_cpu else "bfloat16")
+    hw = tuple(int(x) for x in args.frame_hw.split(","))
+    cfg = SIZES[args.size]().replace(
+        param_dtype="float32",
+        compute_dtype=dtype,
+        remat_decoder=args.remat,
+        remat_vision=args.remat,
+    )
+    ids, labels, pixels, grid = sample(cfg, args.frames, hw, 0)
+    batch_np = jax_batch(cfg, ids, labels, pixels, grid, args.batch)
+    flops = batch_flops(batch_np, cfg)
+    tokens = int(batch_np["input_ids"].size)
+    kind = jax.devices()[0].device_kind
+    peak = peak_flops(kind)
+
+    def summary(r: dict) -> dict:
+        t = r["step_time"]
+        return {
+            **r,
+            "tokens_per_s": tokens / t,
+            "mfu": flops / (t * peak) if peak else None,
+        }
+
+    results = {"jax": summary(run_jax(cfg, batch_np, args.steps, args.warmup))}
+    if not args.no_torch:
+        results["torch"] = summary(
+            run_torch(cfg, ids, labels, pixels, grid, args.batch, args.steps, args.warmup, dtype)
+        )
+        results["speedup"] = results["torch"]["step_time"] / results["jax"]["step_time"]
+    record = {
+        "what": "one training step (forward, backward, AdamW), batch per device, one device",
+        "device": kind,
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "size": args.size,
+        "frames": args.frames,
+        "frame_hw": hw,
+        "batch": args.batch,
+        "seq_len": int(ids.shape[1]),
+        "tokens_per_step": tokens,
+        "model_flops_per_step": flops,
+        "compute_dtype": dtype,
+        "remat": args.remat,
+        "results": results,
+    }
+    name = "cpu" if on_cpu else kind.lower().replace(" ", "_")
+    out = Path(
+        args.out or Path(__file__).parent / "results" / f"train_step_{args.size}_{name}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
