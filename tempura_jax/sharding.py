@@ -106,6 +106,24 @@ def batch_shards(mesh: Mesh) -> int:
     return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
+def local_batch_shards(mesh: Mesh) -> int:
+    """How many batch shards ((data, fsdp) positions) this process feeds. A
+    shard whose tensor-parallel devices span processes would need identical
+    rows from each: refused, keep the tensor axis within a host."""
+    pid, owned = jax.process_index(), 0
+    devices = mesh.devices.reshape(mesh.shape["data"], mesh.shape["fsdp"], -1)
+    for i, j in np.ndindex(devices.shape[:2]):
+        procs = {d.process_index for d in devices[i, j]}
+        if pid in procs:
+            if len(procs) > 1:
+                raise ValueError(
+                    f"batch shard {(i, j)} spans processes {sorted(procs)}: "
+                    "the tensor axis must stay within one host"
+                )
+            owned += 1
+    return owned
+
+
 def without(rules: Rules, mesh_axis: str) -> Rules:
     """The rules with one mesh axis dropped (e.g. replicated parameters for ZeRO-2)."""
     return tuple((name, None if axis == mesh_axis else axis) for name, axis in rules)

@@ -12,7 +12,7 @@ import pytest
 from conftest import demo_data_config
 
 from tempura_jax.config import tiny
-from tempura_jax.data.batching import collate, patch_buckets, seq_buckets
+from tempura_jax.data.batching import collate, patch_buckets, repad, seq_buckets
 from tempura_jax.data.chat import IGNORE
 from tempura_jax.data.pipeline import Shard, load_dataset
 from tempura_jax.data.records import load_records
@@ -197,6 +197,23 @@ def test_buckets_bound_the_shapes(demo_data):
     for (bs, s), (_, p, _) in shapes:
         assert bs == 2 and s in seq_buckets(cfg) and p in patch_buckets(cfg)
     assert seq_buckets(cfg)[-1] == cfg.max_seq_len and all(s % 64 == 0 for s in seq_buckets(cfg))
+
+
+def test_repad_equals_collate_with_that_shape(demo_data):
+    """Hosts agree on the largest bucket and re-pad: the same arrays as
+    collating straight to that shape."""
+    cfg = demo_data_config(demo_data, data=(demo_data["stage1"],))
+    records, _, _ = load_records(list(cfg.data), cfg.media_root)
+    tok = Tokenizer(cfg.tokenizer)
+    builder = ExampleBuilder(cfg, tok, MODEL)
+    examples = [builder.build(r) for r in records[:1]]
+    small = collate(examples, cfg, MODEL, tok.pad_id, batch_size=2)
+    s, p = small["input_ids"].shape[1] + 128, small["pixel_values"].shape[1] + 256
+    big = collate(examples, cfg, MODEL, tok.pad_id, batch_size=2, shape=(s, p))
+    grown = repad(small, s, p, tok.pad_id)
+    assert grown.keys() == big.keys()
+    for k in big:
+        np.testing.assert_array_equal(grown[k], big[k], err_msg=k)
 
 
 # --- bad data ----------------------------------------------------------------------

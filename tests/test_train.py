@@ -316,6 +316,16 @@ def test_non_finite_steps_are_skipped_then_stop(train_data, tiny_init, tmp_path)
     assert steps[-1] == 1  # nothing saved after the first bad step
 
 
+def test_resume_refuses_a_different_data_order(train_data, tiny_init, tmp_path):
+    one = jax.devices()[:1]
+    Trainer(config(train_data, tiny_init, tmp_path, "max_steps=1"), devices=one).run()
+    again = config(train_data, tiny_init, tmp_path, "max_steps=2", "batch.global_size=2")
+    with pytest.raises(ValueError, match="batch.global_size: checkpoint 4, now 2"):
+        Trainer(again, devices=one)
+    out = Trainer(config(train_data, tiny_init, tmp_path, "max_steps=2"), devices=one).run()
+    assert [r["step"] for r in out.records] == [2]  # same settings resume at step 1
+
+
 def test_cli_help_and_bad_keys(capsys):
     sys.path.insert(0, str(ROOT / "launch"))
     import train as cli

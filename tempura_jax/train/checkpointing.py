@@ -100,11 +100,6 @@ def fill_state(state: nnx.State, tree: dict) -> nnx.State:
     return nnx.from_flat_state(items)
 
 
-def abstract(tree: Any) -> Any:
-    """Restore targets: shape, dtype and sharding of every array."""
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
-
-
 class RunCheckpoints:
     def __init__(self, root: str | Path, *, keep: int, async_save: bool):
         self.root = Path(root).absolute()
@@ -164,6 +159,12 @@ class RunCheckpoints:
             ),
         )
         return {k: out[k] for k in (checkpoint.PARAMS, OPT_ITEM, DATA_ITEM, META_ITEM)}
+
+    def read_meta(self, step: int) -> dict:
+        out = self.manager.restore(
+            step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
+        )
+        return out[META_ITEM]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

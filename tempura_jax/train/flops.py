@@ -62,8 +62,21 @@ def _segment_sq(segments: np.ndarray) -> float:
     return total
 
 
-def batch_flops(batch: dict[str, np.ndarray], cfg: ModelConfig) -> float:
-    """Training FLOPs (forward x 3) of one micro-batch."""
+def passes(freeze_vision_tower: bool, freeze_llm: bool) -> tuple[float, float]:
+    """(decoder, vision) work in forward passes: 3 when trained (forward, input
+    and weight gradients), 2 for a frozen decoder that still passes gradients
+    back to the merger, 1 for a frozen tower (forward only; the small merger
+    is counted with it)."""
+    return (2.0 if freeze_llm else 3.0), (1.0 if freeze_vision_tower else 3.0)
+
+
+def batch_flops(
+    batch: dict[str, np.ndarray],
+    cfg: ModelConfig,
+    text_passes: float = 3.0,
+    vision_passes: float = 3.0,
+) -> float:
+    """Training FLOPs of one micro-batch (forward x passes per part)."""
     t, v = cfg.text, cfg.vision
     text_p, vision_p = matmul_params(cfg)
     seg = batch["segment_ids"]

@@ -61,6 +61,7 @@ class StepFns:
     param_shardings: State
     opt_shardings: Any
     loss_chunk: int | None
+    grad_shardings: State | None = None  # default: the parameters' layout
 
     @classmethod
     def build(
@@ -76,12 +77,16 @@ class StepFns:
         optimiser state follows the parameters it belongs to."""
         param_rules, opt_rules = layout_rules(layout)
         param_sh = named(variable_specs(train, mesh, param_rules), mesh)
+        # Gradient sums live in the optimiser's layout: under zero2 they are
+        # reduce-scattered over fsdp like the optimiser state (ZeRO-2).
+        grad_sh = named(variable_specs(train, mesh, opt_rules), mesh)
         opt_shapes = jax.eval_shape(tx.init, train)
         opt_specs = like_params(opt_shapes, train, variable_specs(train, mesh, opt_rules))
-        return cls(graphdef, tx, param_sh, named(opt_specs, mesh), loss_chunk)
+        return cls(graphdef, tx, param_sh, named(opt_specs, mesh), loss_chunk, grad_sh)
 
     def __post_init__(self):
-        acc_shardings = Accum(self.param_shardings, *([_replicated(self.param_shardings)] * 4))
+        grads = self.grad_shardings or self.param_shardings
+        acc_shardings = Accum(grads, *([_replicated(self.param_shardings)] * 4))
         self.zeros = jax.jit(self._zeros, out_shardings=acc_shardings)
         self.accumulate = jax.jit(self._accumulate, donate_argnums=2, out_shardings=acc_shardings)
         self.apply = jax.jit(

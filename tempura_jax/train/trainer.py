@@ -29,17 +29,32 @@ from tempura_jax.data.pipeline import DataIterator, Dataset, Shard, load_dataset
 from tempura_jax.data.tokenizer import Tokenizer
 from tempura_jax.io.hf_checkpoint import HFCheckpoint
 from tempura_jax.loading import abstract_model, default_compute_dtype, load_pretrained
-from tempura_jax.sharding import batch_shards, layout_rules, make_mesh, named, variable_specs
+from tempura_jax.sharding import (
+    batch_shards,
+    layout_rules,
+    local_batch_shards,
+    make_mesh,
+    named,
+    variable_specs,
+)
 from tempura_jax.train import checkpointing as ckpt
 from tempura_jax.train.config import TrainConfig
-from tempura_jax.train.flops import batch_flops, peak_flops
+from tempura_jax.train.flops import batch_flops, passes, peak_flops
 from tempura_jax.train.metrics import MetricsLog
 from tempura_jax.train.optim import GROUPS, schedules, trainable_filter, transform
 from tempura_jax.train.step import StepFns, batch_shardings
 
 log = logging.getLogger(__name__)
 
-CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")
+
+def _in_cluster() -> bool:
+    """A launcher that started several tasks (TPU pod workers, srun, mpirun)."""
+    env = os.environ
+    return (
+        "TPU_WORKER_HOSTNAMES" in env
+        or int(env.get("SLURM_NTASKS", "1")) > 1
+        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    )
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,7 +79,7 @@ def init_distributed(cfg: TrainConfig) -> None:
     if d.coordinator:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(d.coordinator, d.num_processes, d.process_id)
-    elif d.auto and any(k in os.environ for k in CLUSTER_ENV):
+    elif d.auto and _in_cluster():
         jax.distributed.initialize()
 
 
@@ -142,6 +157,18 @@ def _with_shardings(state: nnx.State, shardings: Any) -> nnx.State:
     )
 
 
+def _lookup(tree: dict, dotted: str) -> Any:
+    for k in dotted.split("."):
+        if not isinstance(tree, dict) or k not in tree:
+            return None
+        tree = tree[k]
+    return tree
+
+
+def _jsonish(x: Any) -> Any:
+    return json.loads(json.dumps(x))
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, devices: list[jax.Device] | None = None):
         """`devices`: the mesh's devices (default: all devices of all processes)."""
@@ -151,12 +178,7 @@ class Trainer:
         self.mesh = make_mesh(cfg.mesh.shape, devices)
         shards = batch_shards(self.mesh)
         self.accum = cfg.batch.accumulation(shards)
-        micro = cfg.batch.per_device * shards
-        if micro % jax.process_count():
-            raise ValueError(
-                f"a micro-batch of {micro} rows does not split over {jax.process_count()} processes"
-            )
-        self.rows = micro // jax.process_count()
+        self.rows = cfg.batch.per_device * local_batch_shards(self.mesh)
         self.param_rules, _ = layout_rules(cfg.mesh.layout)
         self.ckpts = ckpt.RunCheckpoints(
             self.workdir / "checkpoints",
@@ -164,6 +186,8 @@ class Trainer:
             async_save=cfg.checkpoint.async_save,
         )
         self.resume_step = self.ckpts.latest_step()
+        if self.resume_step is not None:
+            self._check_resumable(self.ckpts.read_meta(self.resume_step).get("config", {}))
         self.model_cfg = self._model_config()
         self.data_cfg = cfg.data.replace(batch_size=self.rows, num_epochs=cfg.epochs)
         self.dataset: Dataset = load_dataset(
@@ -176,8 +200,35 @@ class Trainer:
             raise ValueError("the data set does not fill one global batch")
         self.tx = transform(cfg.optim, self.total_steps)
         self.schedules = schedules(cfg.optim, self.total_steps)
+        self.passes = passes(cfg.optim.freeze_vision_tower, cfg.optim.freeze_llm)
         kind = jax.devices()[0].device_kind
         self.peak = peak_flops(kind)
+
+    # Keys that fix the data order and the schedule: a run resumes only with the same.
+    RESUME_KEYS = (
+        "epochs",
+        "seed",
+        "batch.global_size",
+        "batch.per_device",
+        "mesh.shape",
+        "data.data",
+        "data.seed",
+        "data.shuffle",
+        "optim.warmup_ratio",
+    )
+
+    def _check_resumable(self, saved: dict[str, Any]) -> None:
+        now = overrides.to_dict(self.cfg)
+        diffs = []
+        for key in self.RESUME_KEYS:
+            a, b = _lookup(saved, key), _lookup(now, key)
+            if a is not None and _jsonish(a) != _jsonish(b):
+                diffs.append(f"{key}: checkpoint {a!r}, now {b!r}")
+        if diffs:
+            raise ValueError(
+                f"{self.ckpts.root}/{self.resume_step}: cannot resume with a different "
+                f"data order or schedule ({'; '.join(diffs)}); use a new workdir"
+            )
 
     def _model_config(self) -> ModelConfig:
         if self.resume_step is not None:
@@ -247,7 +298,7 @@ class Trainer:
         """This process's rows -> global arrays; all processes agree on one
         bucket shape first. Returns the batch and its model FLOPs (all rows)."""
         local = {k: v for k, v in local.items() if k != "sources"}
-        flops = batch_flops(local, self.model_cfg)
+        flops = batch_flops(local, self.model_cfg, *self.passes)
         if jax.process_count() > 1:
             mine = np.array([local["input_ids"].shape[1], local["pixel_values"].shape[1], flops])
             every = multihost_utils.process_allgather(mine)
@@ -288,12 +339,23 @@ class Trainer:
                 t0 = time.perf_counter()
                 acc = self.fns.zeros(train)
                 flops, data_time = 0.0, 0.0
-                for _ in range(self.accum):
-                    d0 = time.perf_counter()
-                    batch, f = self._global_batch(next(it))
-                    data_time += time.perf_counter() - d0
-                    flops += f
-                    acc = self.fns.accumulate(train, frozen, acc, batch)
+                before = it.get_state()  # the data position this step starts from
+                try:
+                    for _ in range(self.accum):
+                        d0 = time.perf_counter()
+                        batch, f = self._global_batch(next(it))
+                        data_time += time.perf_counter() - d0
+                        flops += f
+                        acc = self.fns.accumulate(train, frozen, acc, batch)
+                except Exception:
+                    # SIGTERM sent to the process group also ends Grain's worker
+                    # processes mid-step: save the state the step started from.
+                    if not preempt.requested:
+                        raise
+                    self._save(step, train, frozen, opt_state, before, meta, force=True)
+                    status = "preempted"
+                    out.message(f"SIGTERM during step {step + 1}: saved step {step}; exiting")
+                    break
                 updates = int(meta["updates"])
                 train, opt_state, m = self.fns.apply(train, opt_state, acc)
                 m = jax.device_get(m)
@@ -321,10 +383,12 @@ class Trainer:
                             f"{meta['nan_streak']} non-finite steps in a row at step {step}; "
                             f"last good checkpoint: {self.ckpts.latest_step()} in {self.ckpts.root}"
                         )
-                    continue
                 stop = preempt.agreed()
-                if stop or step % cfg.checkpoint.every == 0 or step == self.run_steps:
-                    self._save(step, train, frozen, opt_state, it, meta, force=stop)
+                # A skipped update leaves the state as it was: no periodic save for
+                # it, but the last step and a preemption are always saved.
+                periodic = bool(m["finite"]) and step % cfg.checkpoint.every == 0
+                if stop or periodic or step == self.run_steps:
+                    self._save(step, train, frozen, opt_state, it.get_state(), meta, force=stop)
                 if stop:
                     status = "preempted"
                     out.message(f"SIGTERM: saved step {step} to {self.ckpts.root}; exiting")
@@ -336,10 +400,10 @@ class Trainer:
             self.ckpts.wait()
         return Outcome(status, step, records)
 
-    def _save(self, step, train, frozen, opt_state, it, meta, force=False) -> None:
+    def _save(self, step, train, frozen, opt_state, data_state, meta, force=False) -> None:
         meta = {**meta, "config": overrides.to_dict(self.cfg)}
         self.ckpts.save(
-            step, ckpt.params_tree(train, frozen), opt_state, it.get_state(), meta, force=force
+            step, ckpt.params_tree(train, frozen), opt_state, data_state, meta, force=force
         )
 
     def _record(self, step, m, updates, dt, data_time, flops) -> dict[str, Any]:
