@@ -66,11 +66,7 @@ def param_sharding(
 
 def model_shardings(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES):
     """A state pytree of NamedSharding for every parameter of `model`."""
-    return jax.tree.map(
-        lambda v: param_sharding(v, mesh, rules),
-        nnx.state(model, nnx.Param),
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
-    )
+    return named(variable_specs(nnx.state(model, nnx.Param), mesh, rules), mesh)
 
 
 AXES = ("data", "fsdp", "tensor")
