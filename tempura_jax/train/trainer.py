@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import signal
 import time
@@ -43,8 +42,6 @@ from tempura_jax.train.flops import batch_flops, passes, peak_flops
 from tempura_jax.train.metrics import MetricsLog
 from tempura_jax.train.optim import GROUPS, schedules, trainable_filter, transform
 from tempura_jax.train.step import StepFns, batch_shardings
-
-log = logging.getLogger(__name__)
 
 
 def _in_cluster() -> bool:
