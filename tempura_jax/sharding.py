@@ -70,6 +70,7 @@ def model_shardings(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES)
 
 
 AXES = ("data", "fsdp", "tensor")
+TENSOR_AXIS = "tensor"
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
 
 

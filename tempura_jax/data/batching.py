@@ -137,13 +137,16 @@ VISION_KEYS = (
 
 
 def model_inputs(batch: dict[str, np.ndarray]) -> ModelInputs:
-    """The model's view of a batch (vision inputs keep their batch axis)."""
+    """The model's view of a batch (vision inputs keep their batch axis).
+    `collate` writes one sample per row (ids 1, then 0), so rows are right
+    padded by construction; the trainer checks each host batch."""
     return ModelInputs(
         input_ids=batch["input_ids"],
         segment_ids=batch["segment_ids"],
         position_ids=batch["position_ids"],
         num_image_tokens=batch["num_image_tokens"],
         vision=VisionInputs(**{k: batch[k] for k in VISION_KEYS}),
+        right_padded=True,
     )
 
 

@@ -30,6 +30,17 @@ class ModelInputs:
     position_ids: jax.Array  # (3, B, S) int32
     num_image_tokens: jax.Array  # () int32: image features precede video features
     vision: VisionInputs | None = None
+    # Static: every row is one sequence followed by padding (0), so a
+    # length-masked kernel (cuDNN) can take it. Checked on the host (`is_right_padded`).
+    right_padded: bool = dataclasses.field(default=False, metadata=dict(static=True))
+
+
+def is_right_padded(segment_ids: np.ndarray) -> bool:
+    """Each row: a run of its first id, then only padding (0). An all-padding
+    row qualifies (its tokens only see each other either way)."""
+    seg = np.asarray(segment_ids)
+    run = np.cumprod(seg == seg[:, :1], axis=1).astype(bool)
+    return bool((seg[~run] == 0).all())
 
 
 def _array(x, dtype=None) -> np.ndarray | None:
@@ -139,4 +150,5 @@ def prepare_inputs(
         position_ids=np.ascontiguousarray(position_ids),
         num_image_tokens=np.asarray(n_img, np.int32),
         vision=vision,
+        right_padded=is_right_padded(mask),
     )

@@ -37,13 +37,14 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
-def maybe_remat(block: nnx.Module, policy: str, *args):
-    """Call `block(*args)`, rematerialised under a named policy ("none": plain)."""
+def maybe_remat(block: nnx.Module, policy: str, *args, **static):
+    """Call `block(*args, **static)`, rematerialised under a named policy ("none":
+    plain); `static` keyword values are Python constants, not traced."""
     if policy == "none":
-        return block(*args)
+        return block(*args, **static)
     if policy not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {policy!r}; known: none, {sorted(REMAT_POLICIES)}")
-    return nnx.remat(lambda m, *a: m(*a), policy=REMAT_POLICIES[policy])(block, *args)
+    return nnx.remat(lambda m, *a: m(*a, **static), policy=REMAT_POLICIES[policy])(block, *args)
 
 
 def param(

@@ -19,7 +19,7 @@ from tempura_jax.config import ModelConfig
 from tempura_jax.model.inputs import ModelInputs, prepare_inputs
 from tempura_jax.model.layers import Dense
 from tempura_jax.model.text import TextModel
-from tempura_jax.model.vision import VisionInputs, VisionTower
+from tempura_jax.model.vision import VisionTower
 from tempura_jax.positions import rope_deltas
 
 
@@ -63,7 +63,7 @@ class Qwen2_5_VL(nnx.Module):
         if inputs.vision is None:
             return x
         if inputs.vision.pixel_values.ndim == 3:
-            feats = _vision_per_row(self.visual, inputs.vision).astype(x.dtype)  # (B, M, D)
+            feats = self.visual(inputs.vision).astype(x.dtype)  # (B, M, D)
             rows, n_img = inputs.input_ids, jnp.reshape(inputs.num_image_tokens, (-1, 1))
         else:
             feats = self.visual(inputs.vision).astype(x.dtype)[None]  # (1, M, D)
@@ -78,7 +78,9 @@ class Qwen2_5_VL(nnx.Module):
 
     def forward(self, inputs: ModelInputs) -> jax.Array:
         """Final hidden states (B, S, hidden) after the last norm."""
-        return self.model(self.embed(inputs), inputs.position_ids, inputs.segment_ids)
+        return self.model(
+            self.embed(inputs), inputs.position_ids, inputs.segment_ids, inputs.right_padded
+        )
 
     def head_weight(self) -> jax.Array:
         """(hidden, vocab): the output projection, shared with the embedding when tied."""
@@ -117,14 +119,6 @@ class Qwen2_5_VL(nnx.Module):
         )
         deltas = rope_deltas(inputs.position_ids, inputs.segment_ids)
         return ModelOutput(logits=forward_logits(self, inputs), rope_deltas=deltas)
-
-
-def _vision_per_row(visual: VisionTower, vision: VisionInputs) -> jax.Array:
-    """The tower over each row's vision inputs. A plain `jax.vmap` over the
-    split module: nnx.vmap refuses Variables whose values come from an outer
-    trace, which is what frozen parameters are inside the training step."""
-    graphdef, state = nnx.split(visual)
-    return jax.vmap(lambda s, v: nnx.merge(graphdef, s)(v), in_axes=(None, 0))(state, vision)
 
 
 @nnx.jit

@@ -57,10 +57,18 @@ class TextAttention(nnx.Module):
         )
         self.impl = cfg.attention_impl
 
-    def __call__(self, x, cos, sin, segment_ids):
+    def __call__(self, x, cos, sin, segment_ids, right_padded=False):
         q = apply_rotary(self.q_proj(x), cos, sin)
         k = apply_rotary(self.k_proj(x), cos, sin)
-        out = attention(q, k, self.v_proj(x), segment_ids=segment_ids, causal=True, impl=self.impl)
+        out = attention(
+            q,
+            k,
+            self.v_proj(x),
+            segment_ids=segment_ids,
+            causal=True,
+            impl=self.impl,
+            right_padded=right_padded,
+        )
         return self.o_proj(out)
 
 
@@ -75,8 +83,8 @@ class DecoderLayer(nnx.Module):
             t.hidden_size, t.intermediate_size, t.hidden_act, ("embed", "mlp"), bias=False, **kw
         )
 
-    def __call__(self, x, cos, sin, segment_ids):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)
+    def __call__(self, x, cos, sin, segment_ids, right_padded=False):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, right_padded)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -96,8 +104,9 @@ class TextModel(nnx.Module):
     def embed(self, input_ids: jax.Array, dtype: str) -> jax.Array:
         return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
 
-    def __call__(self, x, position_ids, segment_ids):
+    def __call__(self, x, position_ids, segment_ids, right_padded: bool = False):
+        """`right_padded`: every row is one sequence then padding (see `attention`)."""
         cos, sin = mrope_cos_sin(position_ids, self.cfg)
         for layer in self.layers:
-            x = maybe_remat(layer, self.remat, x, cos, sin, segment_ids)
+            x = maybe_remat(layer, self.remat, x, cos, sin, segment_ids, right_padded=right_padded)
         return self.norm(x)

@@ -2,7 +2,9 @@
 
 All value-dependent geometry (window permutation, segments, rotary coordinates)
 arrives precomputed in `VisionInputs` (see `vision_geometry`), so this module is
-shape-static and has no loops over images or windows.
+shape-static and has no loops over images or windows. The tower runs on a
+leading batch axis (one sample's patches per row) so that attention sees the
+batch and shards it like the text; flat inputs are a batch of one.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from tempura_jax.ops.attention import attention
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class VisionInputs:
+    """Per field, optionally with a leading batch axis (B, ...)."""
+
     pixel_values: jax.Array  # (N, C*T*P*P) processor rows
     window_index: jax.Array  # (M,)
     reverse_index: jax.Array  # (M,)
@@ -53,10 +57,9 @@ class VisionAttention(nnx.Module):
         self.impl = cfg.attention_impl
 
     def __call__(self, x, cos, sin, segments):
-        q, k, v = jnp.moveaxis(self.qkv(x), -3, 0)  # each (N, H, hd)
+        q, k, v = jnp.moveaxis(self.qkv(x), -3, 0)  # each (B, N, H, hd)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = attention(q[None], k[None], v[None], segment_ids=segments[None], impl=self.impl)
-        return self.proj(out[0])
+        return self.proj(attention(q, k, v, segment_ids=segments, impl=self.impl))
 
 
 class VisionBlock(nnx.Module):
@@ -96,7 +99,7 @@ class PatchMerger(nnx.Module):
         )
 
     def __call__(self, x):
-        x = self.ln_q(x).reshape(-1, self.merged)
+        x = self.ln_q(x).reshape(*x.shape[:-2], -1, self.merged)
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
@@ -121,20 +124,26 @@ class VisionTower(nnx.Module):
     def rotary(self, rotary_pos: jax.Array) -> tuple[jax.Array, jax.Array]:
         """2D rotary: the first half of the frequencies follow the row, the second the column."""
         freqs = inv_freq(self.cfg.head_dim // 2, 10000.0)
-        angles = rotary_pos.astype(jnp.float32)[:, :, None] * freqs  # (N, 2, hd/4)
-        angles = angles.reshape(angles.shape[0], -1)
+        angles = rotary_pos.astype(jnp.float32)[..., None] * freqs  # (..., N, 2, hd/4)
+        angles = angles.reshape(*angles.shape[:-2], -1)
         emb = jnp.concatenate([angles, angles], axis=-1)
         return jnp.cos(emb), jnp.sin(emb)
 
     def __call__(self, inputs: VisionInputs) -> jax.Array:
-        """Returns merged features (M, out_hidden_size) in processor order."""
+        """Merged features (B, M, out_hidden_size), or (M, ...) for flat inputs,
+        in processor order."""
+        flat = inputs.pixel_values.ndim == 2
+        if flat:
+            inputs = jax.tree.map(lambda a: a[None], inputs)
         unit = self.cfg.merge_unit
         x = self.patch_embed(inputs.pixel_values.astype(self.compute_dtype))
-        n, d = x.shape
-        x = x.reshape(n // unit, unit, d)[inputs.window_index].reshape(n, d)
+        b, n, d = x.shape
+        x = x.reshape(b, n // unit, unit, d)
+        x = jnp.take_along_axis(x, inputs.window_index[:, :, None, None], axis=1).reshape(b, n, d)
         cos, sin = self.rotary(inputs.rotary_pos)
         for block in self.blocks:
             x = maybe_remat(
                 block, self.remat, x, cos, sin, inputs.window_segments, inputs.frame_segments
             )
-        return self.merger(x)[inputs.reverse_index]
+        out = jnp.take_along_axis(self.merger(x), inputs.reverse_index[:, :, None], axis=1)
+        return out[0] if flat else out

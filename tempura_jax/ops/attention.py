@@ -3,26 +3,100 @@
 Masks are expressed as segment ids (tokens attend only within their segment;
 padding is a segment of its own) plus an optional causal constraint, which
 covers windows, per-frame full attention, padding and packed sequences.
-Implementations register by name; `xla` is the portable reference.
+
+Backends register by name with the case they cannot take; `auto` picks the
+fastest that can per platform, and an explicit choice that cannot take a case
+falls back to the `xla` reference with a one-time log line (never silently
+wrong). Pallas backends run in interpret mode off their platform, which is how
+CPU tests check them against the reference.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import logging
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-AttentionFn = Callable[..., jax.Array]
-_IMPLS: dict[str, AttentionFn] = {}
+from tempura_jax.ops import cudnn
+from tempura_jax.ops.local import run_local
+
+log = logging.getLogger(__name__)
+
+IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "splash")
 
 
-def register(name: str) -> Callable[[AttentionFn], AttentionFn]:
-    def deco(fn: AttentionFn) -> AttentionFn:
-        _IMPLS[name] = fn
-        return fn
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """What a backend needs to know to accept a call (all static)."""
 
-    return deco
+    q_shape: tuple[int, ...]
+    k_shape: tuple[int, ...]
+    dtype: jnp.dtype
+    causal: bool
+    has_segments: bool
+    right_padded: bool
+    platform: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    name: str
+    # (q, k, v, segment_ids, *, causal, scale, interpret) -> out
+    run: Callable[..., jax.Array]
+    # Why the backend cannot take a case on a platform it runs on (None: it can).
+    unsupported: Callable[[Case], str | None]
+    platforms: tuple[str, ...]  # native platforms
+    interpretable: bool  # Pallas: runs (slowly, exactly) in interpret mode elsewhere
+    per_device: bool  # opaque to the partitioner: wrap in shard_map under a mesh
+
+
+BACKENDS: dict[str, Backend] = {}
+AUTO_ORDER = {"gpu": ("cudnn", "pallas_gpu"), "tpu": ("splash",), "cpu": ()}
+
+
+def register(backend: Backend) -> Backend:
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+@functools.cache
+def _log_once(message: str) -> None:
+    log.warning(message)
+
+
+def platform() -> str:
+    name = jax.default_backend()
+    return "gpu" if name in ("gpu", "cuda", "rocm") else name
+
+
+def _why_not(backend: Backend, case: Case) -> str | None:
+    if case.platform not in backend.platforms and not backend.interpretable:
+        return f"needs {'/'.join(backend.platforms)}, running on {case.platform}"
+    return backend.unsupported(case)
+
+
+def select(impl: str, case: Case) -> tuple[Backend, bool]:
+    """(backend, interpret) for a call; logs each fallback once."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown attention_impl {impl!r}; known: {', '.join(IMPLS)}")
+    if impl == "auto":
+        for name in AUTO_ORDER.get(case.platform, ()):
+            if _why_not(BACKENDS[name], case) is None:
+                return BACKENDS[name], False
+        return BACKENDS["xla"], False
+    backend = BACKENDS[impl]
+    reason = _why_not(backend, case)
+    if reason is not None:
+        _log_once(f"attention_impl={impl} cannot take q{case.q_shape} ({reason}); using xla")
+        return BACKENDS["xla"], False
+    interpret = case.platform not in backend.platforms
+    if interpret:
+        _log_once(f"attention_impl={impl} on {case.platform}: Pallas interpret mode (slow)")
+    return backend, interpret
 
 
 def attention(
@@ -34,17 +108,25 @@ def attention(
     causal: bool = False,
     scale: float | None = None,
     impl: str = "xla",
+    right_padded: bool = False,
 ) -> jax.Array:
     """q: (B, S, Hq, D); k, v: (B, S, Hkv, D) with Hq a multiple of Hkv (GQA);
-    segment_ids: (B, S) int. Returns (B, S, Hq, D) in q's dtype."""
-    try:
-        fn = _IMPLS[impl]
-    except KeyError:
-        raise ValueError(f"unknown attention_impl {impl!r}; known: {sorted(_IMPLS)}") from None
+    segment_ids: (B, S) int. `right_padded` promises each row is one segment
+    followed by padding (lets cuDNN take it). Returns (B, S, Hq, D) in q's dtype."""
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"query heads {q.shape[2]} not a multiple of kv heads {k.shape[2]}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return fn(q, k, v, segment_ids=segment_ids, causal=causal, scale=scale)
+    case = Case(
+        q.shape, k.shape, q.dtype, causal, segment_ids is not None, right_padded, platform()
+    )
+    backend, interpret = select(impl, case)
+
+    def kernel(q, k, v, seg):
+        return backend.run(q, k, v, seg, causal=causal, scale=scale, interpret=interpret)
+
+    if backend.per_device:
+        return run_local(kernel, q, k, v, segment_ids)
+    return kernel(q, k, v, segment_ids)
 
 
 def mask_from(segment_ids: jax.Array | None, causal: bool, sq: int, sk: int) -> jax.Array | None:
@@ -59,12 +141,12 @@ def mask_from(segment_ids: jax.Array | None, causal: bool, sq: int, sk: int) -> 
     return mask
 
 
-@register("xla")
-def xla_attention(q, k, v, *, segment_ids, causal, scale):
+def xla_attention(q, k, v, segment_ids=None, *, causal, scale, interpret=False):
+    """The reference: dense logits, GQA by grouping query heads (no K/V repeat)."""
+    del interpret
     b, sq, hq, d = q.shape
     hkv = k.shape[2]
     qg = q.reshape(b, sq, hkv, hq // hkv, d)
-    # GQA without repeating K/V: group the query heads by their KV head.
     logits = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
     logits = logits * scale
     mask = mask_from(segment_ids, causal, sq, k.shape[1])
@@ -74,3 +156,50 @@ def xla_attention(q, k, v, *, segment_ids, causal, scale):
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v)
     return out.reshape(b, sq, hq, d).astype(q.dtype)
+
+
+def _self_attention_only(case: Case) -> str | None:
+    if case.q_shape[1] != case.k_shape[1]:
+        return "query and key lengths differ (the kernel is for self-attention)"
+    if not jnp.issubdtype(case.dtype, jnp.floating):
+        return f"dtype {case.dtype}"
+    return None
+
+
+def _pallas_gpu(q, k, v, seg, *, causal, scale, interpret):
+    from tempura_jax.ops.flash_gpu import FlashConfig, flash_attention
+
+    cfg = FlashConfig(interpret=interpret)
+    if interpret:  # small tiles keep interpret-mode tests fast
+        cfg = dataclasses.replace(cfg, block_q=16, block_k=16, block_q_bwd=16, block_k_bwd=16)
+    return flash_attention(q, k, v, seg, causal=causal, scale=scale, config=cfg)
+
+
+def _splash(q, k, v, seg, *, causal, scale, interpret):
+    from tempura_jax.ops.splash_tpu import SplashConfig, splash_attention
+
+    cfg = SplashConfig(block=128 if interpret else 512, interpret=interpret)
+    return splash_attention(q, k, v, seg, causal=causal, scale=scale, config=cfg)
+
+
+def _pallas_gpu_unsupported(case: Case) -> str | None:
+    if case.q_shape[-1] > 256:
+        return f"head_dim {case.q_shape[-1]} > 256"
+    return _self_attention_only(case)
+
+
+def _cudnn(q, k, v, seg, *, causal, scale, interpret):
+    del interpret
+    return cudnn.cudnn_attention(q, k, v, seg, causal=causal, scale=scale)
+
+
+def _cudnn_unsupported(case: Case) -> str | None:
+    probe = jax.ShapeDtypeStruct(case.q_shape, case.dtype)
+    key = jax.ShapeDtypeStruct(case.k_shape, case.dtype)
+    return cudnn.unsupported(probe, key, case.has_segments, case.right_padded)
+
+
+register(Backend("xla", xla_attention, lambda case: None, ("cpu", "gpu", "tpu"), False, False))
+register(Backend("cudnn", _cudnn, _cudnn_unsupported, ("gpu",), False, True))
+register(Backend("pallas_gpu", _pallas_gpu, _pallas_gpu_unsupported, ("gpu",), True, True))
+register(Backend("splash", _splash, _self_attention_only, ("tpu",), True, True))

@@ -28,6 +28,7 @@ from tempura_jax.data.pipeline import DataIterator, Dataset, Shard, load_dataset
 from tempura_jax.data.tokenizer import Tokenizer
 from tempura_jax.io.hf_checkpoint import HFCheckpoint
 from tempura_jax.loading import abstract_model, default_compute_dtype, load_pretrained
+from tempura_jax.model.inputs import is_right_padded
 from tempura_jax.sharding import (
     batch_shards,
     layout_rules,
@@ -295,6 +296,8 @@ class Trainer:
         """This process's rows -> global arrays; all processes agree on one
         bucket shape first. Returns the batch and its model FLOPs (all rows)."""
         local = {k: v for k, v in local.items() if k != "sources"}
+        if not is_right_padded(local["segment_ids"]):  # what `model_inputs` states
+            raise ValueError("batch rows are not one sample followed by padding")
         flops = batch_flops(local, self.model_cfg, *self.passes)
         if jax.process_count() > 1:
             mine = np.array([local["input_ids"].shape[1], local["pixel_values"].shape[1], flops])
@@ -310,6 +313,11 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> Outcome:
+        # The ambient mesh lets per-device attention kernels shard_map themselves.
+        with jax.set_mesh(self.mesh):
+            return self._run()
+
+    def _run(self) -> Outcome:
         cfg = self.cfg
         if self.resume_step is not None and self.resume_step >= self.run_steps:
             return Outcome("already_finished", self.resume_step, [])

@@ -1,0 +1,239 @@
+"""Attention backends against the XLA reference (Pallas kernels in interpret mode on CPU).
+
+Masks cover what the model produces: GQA, causal decoder rows with right
+padding, packed segments, vision windows (contiguous runs with -1 padding),
+arbitrary non-contiguous ids, and lengths that are not block multiples.
+"""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import IMAGE, pixels, vision_block
+
+import tempura_jax
+from tempura_jax.ops import attention as attn
+from tempura_jax.ops.blocks import block_ranges, pad_segments, visited_fraction
+from tempura_jax.ops.cudnn import cudnn_attention
+from tempura_jax.sharding import make_mesh
+
+TOL = 2e-5
+
+
+def _runs(lengths, first=1):
+    return np.concatenate([np.full(n, first + i) for i, n in enumerate(lengths)])
+
+
+def _segments(kind: str, b: int, s: int, rng) -> np.ndarray | None:
+    if kind == "none":
+        return None
+    if kind == "padding":  # decoder rows: one sequence, then zeros
+        lengths = [s, s - 9, 1, s - 20][:b]
+        return np.stack([np.r_[np.ones(n), np.zeros(s - n)] for n in lengths]).astype(np.int32)
+    if kind == "packed":  # several sequences per row, then padding
+        rows = [np.r_[_runs([7, 12, s - 23]), np.zeros(4)][:s] for _ in range(b)]
+        return np.stack(rows).astype(np.int32)
+    if kind == "windows":  # vision: windows of <= 16 tokens, tail padding -1
+        row = np.r_[_runs([16, 8, 16, 4, 16], first=0), np.full(s - 60, -1)]
+        return np.stack([row] * b).astype(np.int32)
+    if kind == "random":  # non-contiguous ids: correctness without block skipping
+        return rng.integers(0, 3, (b, s)).astype(np.int32)
+    raise ValueError(kind)
+
+
+CASES = [
+    # (name, B, S, Hq, Hkv, D, causal, segments)
+    ("gqa_causal_padding", 2, 45, 4, 2, 32, True, "padding"),
+    ("mqa_causal_packed", 2, 37, 4, 1, 16, True, "packed"),
+    ("vision_windows", 2, 67, 2, 2, 40, False, "windows"),
+    ("full_no_segments", 1, 33, 2, 2, 24, False, "none"),
+    ("causal_no_segments", 2, 29, 4, 2, 32, True, "none"),
+    ("random_ids", 2, 50, 4, 2, 16, False, "random"),
+]
+
+
+def _inputs(b, s, hq, hkv, d, seed=0):
+    ks = jax.random.split(jax.random.key(seed), 4)
+    q = jax.random.normal(ks[0], (b, s, hq, d))
+    k = jax.random.normal(ks[1], (b, s, hkv, d))
+    v = jax.random.normal(ks[2], (b, s, hkv, d))
+    return q, k, v, jax.random.normal(ks[3], (b, s, hq, d))
+
+
+def _value_and_grads(fn, q, k, v, cot):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return (out, *vjp(cot))
+
+
+@pytest.mark.parametrize("impl", ["pallas_gpu", "splash"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_kernel_equals_reference(impl, case):
+    _, b, s, hq, hkv, d, causal, kind = case
+    q, k, v, cot = _inputs(b, s, hq, hkv, d)
+    seg = _segments(kind, b, s, np.random.default_rng(0))
+    seg = None if seg is None else jnp.asarray(seg)
+
+    def run(impl):
+        return lambda q, k, v: attn.attention(q, k, v, segment_ids=seg, causal=causal, impl=impl)
+
+    ours = _value_and_grads(run(impl), q, k, v, cot)
+    ref = _value_and_grads(run("xla"), q, k, v, cot)
+    for name, a, r in zip(("out", "dq", "dk", "dv"), ours, ref, strict=True):
+        assert a.shape == r.shape, name
+        err = float(jnp.abs(a - r).max())
+        assert err <= TOL * max(1.0, float(jnp.abs(r).max())), f"{name}: {err}"
+    assert float(jnp.abs(ref[1]).max()) > 0.1  # gradients that prove something
+
+
+def test_pallas_gpu_bfloat16_close_to_reference():
+    q, k, v, cot = (x.astype(jnp.bfloat16) for x in _inputs(2, 40, 4, 2, 32))
+    seg = jnp.asarray(_segments("packed", 2, 40, None))
+    args = dict(segment_ids=seg, causal=True)
+    ours = attn.attention(q, k, v, impl="pallas_gpu", **args).astype(jnp.float32)
+    ref = attn.attention(*(x.astype(jnp.float32) for x in (q, k, v)), impl="xla", **args)
+    assert float(jnp.abs(ours - ref).max()) < 3e-2
+
+
+def test_cudnn_length_translation_matches_reference():
+    """The cuDNN call's masks (causal + lengths from right-padded ids), run through
+    `jax.nn.dot_product_attention`'s XLA path: real rows equal the reference."""
+    q, k, v, _ = _inputs(3, 30, 4, 2, 16)
+    seg = _segments("padding", 3, 30, None)
+    ours = cudnn_attention(q, k, v, jnp.asarray(seg), causal=True, scale=0.25, implementation="xla")
+    ref = attn.xla_attention(q, k, v, jnp.asarray(seg), causal=True, scale=0.25)
+    real = seg.astype(bool)
+    np.testing.assert_allclose(np.asarray(ours)[real], np.asarray(ref)[real], atol=1e-5)
+
+
+def test_block_ranges_skip_other_windows():
+    """Windows of 64 in 1024 tokens with 64-blocks: each query block visits one key block."""
+    seg = jnp.asarray(np.repeat(np.arange(16), 64)[None])
+    r = block_ranges(seg, 64, 64, causal=False)
+    np.testing.assert_array_equal(r.k_hi - r.k_lo, np.ones((1, 16)))
+    assert float(visited_fraction(r, 16)) == pytest.approx(1 / 16)
+    # Causal rows without segments visit the lower triangle only.
+    causal = block_ranges(jnp.zeros((1, 256), jnp.int32), 64, 64, causal=True)
+    np.testing.assert_array_equal(causal.k_hi, [[1, 2, 3, 4]])
+    np.testing.assert_array_equal(causal.q_lo, [[0, 1, 2, 3]])
+
+
+def test_padding_tail_is_its_own_segment():
+    seg = pad_segments(jnp.asarray([[1, 1, 2, 0]]), 1, 4, 7)
+    np.testing.assert_array_equal(seg, [[1, 1, 2, 0, 3, 3, 3]])
+
+
+def _case(dtype=jnp.bfloat16, segments=True, right_padded=False, sk=64, d=128):
+    return attn.Case((2, 64, 8, d), (2, sk, 2, d), dtype, True, segments, right_padded, "gpu")
+
+
+def test_auto_selection_per_case():
+    assert attn.select("auto", _case(right_padded=True))[0].name == "cudnn"
+    assert attn.select("auto", _case(segments=False))[0].name == "cudnn"
+    assert attn.select("auto", _case())[0].name == "pallas_gpu"  # windows / packed
+    assert attn.select("auto", _case(dtype=jnp.float32))[0].name == "pallas_gpu"
+    assert attn.select("auto", _case(sk=96))[0].name == "xla"  # cross lengths
+    tpu = attn.Case((1, 8, 2, 64), (1, 8, 2, 64), jnp.bfloat16, False, True, False, "tpu")
+    assert attn.select("auto", tpu)[0].name == "splash"
+    cpu = attn.Case((1, 8, 2, 64), (1, 8, 2, 64), jnp.float32, False, True, False, "cpu")
+    assert attn.select("auto", cpu)[0].name == "xla"
+
+
+def test_fallback_is_logged_once(caplog):
+    attn._log_once.cache_clear()
+    q = jnp.ones((1, 8, 2, 16))
+    with caplog.at_level(logging.WARNING, logger="tempura_jax.ops.attention"):
+        for _ in range(3):
+            out = attn.attention(q, q, q, impl="cudnn")
+    lines = [r.getMessage() for r in caplog.records if "cudnn" in r.getMessage()]
+    assert len(lines) == 1 and "using xla" in lines[0] and "needs gpu" in lines[0]
+    np.testing.assert_allclose(out, attn.attention(q, q, q, impl="xla"))
+
+
+def test_bad_requests_raise():
+    q = jnp.ones((1, 4, 3, 8))
+    with pytest.raises(ValueError, match="unknown attention_impl 'flash'"):
+        attn.attention(q, q, q, impl="flash")
+    with pytest.raises(ValueError, match="query heads 3 not a multiple of kv heads 2"):
+        attn.attention(q, jnp.ones((1, 4, 2, 8)), jnp.ones((1, 4, 2, 8)))
+
+
+def test_kernel_under_a_mesh_runs_per_device():
+    """Batch over (data, fsdp) and heads over tensor via shard_map: same result."""
+    mesh = make_mesh((2, 2, 2))
+    q, k, v, cot = _inputs(4, 30, 4, 2, 16, seed=1)
+    seg = jnp.asarray(_segments("packed", 4, 30, None))
+
+    def loss(impl):
+        def f(q, k, v):
+            out = attn.attention(q, k, v, segment_ids=seg, causal=True, impl=impl)
+            return (out * cot).sum()
+
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+
+    with jax.set_mesh(mesh):
+        jaxpr = str(jax.make_jaxpr(loss("pallas_gpu"))(q, k, v))
+        ours = loss("pallas_gpu")(q, k, v)
+    ref = loss("xla")(q, k, v)
+    assert "shard_map" in jaxpr and "pallas_call" in jaxpr
+    for a, r in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(a, r, atol=1e-4, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(hf_model_dir):
+    return hf_model_dir("tied")[1]  # GQA 4/2, windows of 4x4 merged tokens
+
+
+def _batch():
+    """Two right-padded rows, per-frame images with windows that split each frame."""
+    grids = np.array([[1, 10, 14], [1, 10, 14]])
+    row = [5, 6] + sum((vision_block(g) for g in grids), []) + [7, 8, 9]
+    ids = np.zeros((2, len(row) + 6), np.int64)
+    mask = np.zeros_like(ids)
+    ids[0, : len(row)], mask[0, : len(row)] = row, 1
+    ids[1, :5], mask[1, :5] = [5, 6, 7, 8, 9], 1
+    n_img = int((ids[0] == IMAGE).sum())
+    assert n_img == int(grids.prod(-1).sum()) // 4
+    return ids, mask, dict(pixel_values=pixels(grids, seed=7), image_grid_thw=grids)
+
+
+@pytest.mark.parametrize("impl", ["pallas_gpu", "splash", "cudnn", "auto"])
+def test_full_model_logits_equal_xla(tiny_model_dir, impl):
+    ids, mask, media = _batch()
+    logits = {}
+    for name in ("xla", impl):
+        model = tempura_jax.load_pretrained(
+            tiny_model_dir, dtype="float32", compute_dtype="float32", attention_impl=name
+        )
+        logits[name] = np.asarray(model(ids, attention_mask=mask, **media).logits)
+    real = mask.astype(bool)
+    err = np.abs(logits[impl][real] - logits["xla"][real]).max()
+    assert err <= 1e-4 and np.abs(logits["xla"]).max() > 1.0, err
+
+
+def test_full_model_gradients_equal_xla(tiny_model_dir):
+    """Training path: parameter gradients through the vision tower and decoder."""
+    from flax import nnx
+
+    ids, mask, media = _batch()
+    grads = {}
+    for name in ("xla", "pallas_gpu"):
+        model = tempura_jax.load_pretrained(
+            tiny_model_dir, dtype="float32", compute_dtype="float32", attention_impl=name
+        )
+        inputs = tempura_jax.prepare_inputs(model.config, ids, mask, **media)
+        inputs = jax.tree.map(jnp.asarray, inputs)
+        graphdef, params = nnx.split(model)
+
+        def loss(p, inputs=inputs, graphdef=graphdef):
+            m = nnx.merge(graphdef, p)
+            hidden = m.forward(inputs)
+            return (m.logits(hidden) * jnp.asarray(mask)[..., None]).std()
+
+        grads[name] = jax.grad(loss)(params)
+    flat = {k: jax.tree.leaves(v) for k, v in grads.items()}
+    for a, r in zip(flat["pallas_gpu"], flat["xla"], strict=True):
+        np.testing.assert_allclose(a, r, atol=2e-5, rtol=2e-4)
+    assert max(float(jnp.abs(r).max()) for r in flat["xla"]) > 1e-3
