@@ -8,7 +8,7 @@ token/patch counts; torch uses its best available attention
 (flash_attention_2, else sdpa). Reports step time, tokens/s and MFU (model
 FLOPs from `tempura_jax.train.flops`, the same count for both sides).
 
-    python bench/train_step.py                      # GPU: 3B shapes
+    python bench/train_step.py                      # GPU: 3B shapes, attention auto vs xla
     python bench/train_step.py --size tiny --frames 4 --steps 2   # CPU check
 """
 
@@ -92,17 +92,18 @@ def run_jax(cfg, batch_np, steps: int, warmup: int) -> dict:
     sh = batch_shardings(batch_np, mesh)
     batch = {k: jax.device_put(v, sh[k]) for k, v in batch_np.items()}
     times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        acc = fns.accumulate(state, empty, fns.zeros(state), batch)
-        state, opt, m = fns.apply(state, opt, acc)
-        loss = float(m["loss"])
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    with jax.set_mesh(mesh):
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            acc = fns.accumulate(state, empty, fns.zeros(state), batch)
+            state, opt, m = fns.apply(state, opt, acc)
+            loss = float(m["loss"])
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
     return {
         "step_time": float(np.median(times)),
         "loss": loss,
-        "attention": f"{cfg.attention_impl} (vision: dense masked N x N over a sample's patches)",
+        "attention": cfg.attention_impl,
         "loss_impl": "chunked logits (1024 tokens)",
     }
 
@@ -163,6 +164,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
     p.add_argument("--remat", default="full", help="remat policy for both towers (jax)")
+    p.add_argument(
+        "--attention",
+        default=None,
+        help="comma list of attention_impl values to time (default: auto,xla; cpu: xla)",
+    )
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--out", default=None, help="JSON results (default bench/results/...)")
     args = p.parse_args()
@@ -191,7 +197,12 @@ def main() -> None:
             "mfu": flops / (t * peak) if peak else None,
         }
 
-    results = {"jax": summary(run_jax(cfg, batch_np, args.steps, args.warmup))}
+    impls = (args.attention or ("xla" if on_cpu else "auto,xla")).split(",")
+    by_impl = {
+        impl: summary(run_jax(cfg.replace(attention_impl=impl), batch_np, args.steps, args.warmup))
+        for impl in impls
+    }
+    results = {"jax": by_impl[impls[0]], "jax_by_attention": by_impl}
     if not args.no_torch:
         results["torch"] = summary(
             run_torch(cfg, ids, labels, pixels, grid, args.batch, args.steps, args.warmup, dtype)

@@ -132,12 +132,29 @@ def test_train_step_bench_tiny(tmp_path):
         "1",
         "--warmup",
         "1",
+        "--attention",
+        "xla,pallas_gpu",
         "--out",
         str(result),
     )
     rec = json.loads(result.read_text())
     jax_r, torch_r = rec["results"]["jax"], rec["results"]["torch"]
+    by_impl = rec["results"]["jax_by_attention"]
+    # The same step with the Pallas kernel (interpret mode here) gives the same loss.
+    assert abs(by_impl["pallas_gpu"]["loss"] - by_impl["xla"]["loss"]) < 1e-4
     assert rec["tokens_per_step"] == 2 * rec["seq_len"] and rec["model_flops_per_step"] > 0
     assert jax_r["step_time"] > 0 and torch_r["step_time"] > 0
     # Same random-init scale and targets: both start near log(vocab).
     assert abs(jax_r["loss"] - torch_r["loss"]) < 1.0
+
+
+def test_attention_bench_tiny(tmp_path):
+    """bench/attention.py at tiny shapes: every implementation runs every shape
+    (Pallas in interpret mode), including splash kernels reused across traces."""
+    result = tmp_path / "a.json"
+    run("bench/attention.py", "--tiny", "--iters", "1", "--out", str(result))
+    rows = json.loads(result.read_text())["rows"]
+    assert [r["shape"].split("_")[0] for r in rows] == ["vision", "vision", "decoder"]
+    for row in rows:
+        assert set(row["results"]) == {"xla", "pallas_gpu", "splash"}, row["shape"]
+        assert all("time_s" in r for r in row["results"].values()), row["results"]

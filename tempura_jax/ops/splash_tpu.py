@@ -44,9 +44,12 @@ def _kernel(seq: int, heads: int, causal: bool, block: int, interpret: bool):
         block_q_dq=block,
         block_kv_dq=block,
     )
-    return splash.make_splash_mha(
-        mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
-    )
+    # Built once per shape and cached: its mask tables must be concrete arrays,
+    # not values of whichever trace first asked for the kernel.
+    with jax.ensure_compile_time_eval():
+        return splash.make_splash_mha(
+            mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+        )
 
 
 def splash_attention(

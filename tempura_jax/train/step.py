@@ -123,7 +123,7 @@ class StepFns:
     def _apply(self, train: State, opt_state: Any, acc: Accum):
         count = jnp.maximum(acc.count, 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / count, acc.grads)
-        grad_norm = optax.tree_utils.tree_l2_norm(grads)
+        grad_norm = optax.tree_utils.tree_norm(grads)
         loss = acc.loss_sum / count
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         update = finite & (acc.count > 0)

@@ -1,0 +1,223 @@
+"""Attention forward+backward time and achieved TFLOP/s per implementation.
+
+Shapes are Qwen2.5-VL-3B's at TEMPURA's inputs: the vision tower over one
+sample of 60 frames of 196x336 (20,160 patches, 16 heads of 80) with window
+segments (8x8-patch windows, from `vision_geometry`) and with per-frame
+segments (full-attention blocks); the decoder (16 query / 2 KV heads of 128,
+causal) at 8k, 16k and 32k tokens. Every implementation that can take a shape
+on this platform runs it next to the `xla` reference; failures (out of memory
+for the dense reference, say) are recorded, not fatal.
+
+FLOPs count only the (query, key) pairs the mask allows: forward 4*D*H per
+pair, backward 2.5x forward (FlashAttention-2's convention), so TFLOP/s compares
+implementations doing the same useful work.
+
+    python bench/attention.py             # accelerator shapes
+    python bench/attention.py --tiny      # CPU check (Pallas in interpret mode)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from tempura_jax import config as C  # noqa: E402
+from tempura_jax.model.vision_geometry import vision_geometry  # noqa: E402
+from tempura_jax.ops import attention as attn  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    name: str
+    heads: int
+    kv_heads: int
+    head_dim: int
+    causal: bool
+    segments: np.ndarray  # (S,) int32
+    right_padded: bool
+
+    @property
+    def seq(self) -> int:
+        return int(self.segments.shape[0])
+
+    def pairs(self) -> int:
+        """Allowed (query, key) pairs under the segment (and causal) mask."""
+        _, counts = np.unique(self.segments, return_counts=True)
+        if self.causal:  # contiguous runs: n(n+1)/2 each
+            return int((counts * (counts + 1) // 2).sum())
+        return int((counts.astype(np.int64) ** 2).sum())
+
+    def flops(self) -> float:
+        return 3.5 * 4 * self.head_dim * self.heads * self.pairs()
+
+
+def vision_shapes(frames: int, hw: tuple[int, int], cfg: C.VisionConfig) -> list[Shape]:
+    grid = np.array([[1, hw[0] // cfg.patch_size, hw[1] // cfg.patch_size]] * frames)
+    geo = vision_geometry(grid, cfg)
+    n = geo.num_patches
+    side = cfg.window_merged * cfg.spatial_merge_size
+    common = dict(heads=cfg.num_heads, kv_heads=cfg.num_heads, head_dim=cfg.head_dim)
+    return [
+        Shape(
+            f"vision_windows_{side}x{side}_{n}",
+            causal=False,
+            segments=geo.window_segments,
+            right_padded=False,
+            **common,
+        ),  # fmt: skip
+        Shape(
+            f"vision_frames_{n}",
+            causal=False,
+            segments=geo.frame_segments,
+            right_padded=False,
+            **common,
+        ),  # fmt: skip
+    ]
+
+
+def decoder_shapes(lengths: list[int], cfg: C.TextConfig) -> list[Shape]:
+    return [
+        Shape(
+            f"decoder_causal_{n}",
+            heads=cfg.num_attention_heads,
+            kv_heads=cfg.num_key_value_heads,
+            head_dim=cfg.head_dim,
+            causal=True,
+            segments=np.ones(n, np.int32),
+            right_padded=True,
+        )
+        for n in lengths
+    ]
+
+
+def time_one(shape: Shape, impl: str, dtype, iters: int) -> dict:
+    s, key = shape.seq, jax.random.key(0)
+    kq, kk, kv, kc = jax.random.split(key, 4)
+    q = jax.random.normal(kq, (1, s, shape.heads, shape.head_dim), dtype)
+    k = jax.random.normal(kk, (1, s, shape.kv_heads, shape.head_dim), dtype)
+    v = jax.random.normal(kv, (1, s, shape.kv_heads, shape.head_dim), dtype)
+    cot = jax.random.normal(kc, q.shape, dtype)
+    seg = jnp.asarray(shape.segments[None])
+
+    def loss(q, k, v):
+        out = attn.attention(
+            q, k, v, segment_ids=seg, causal=shape.causal, impl=impl,
+            right_padded=shape.right_padded,
+        )  # fmt: skip
+        return jnp.vdot(out.astype(jnp.float32), cot.astype(jnp.float32))
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(q, k, v))
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(q, k, v))
+        times.append(time.perf_counter() - t0)
+    t = float(np.median(times))
+    return {"time_s": t, "tflops": shape.flops() / t / 1e12, "compile_s": compile_s}
+
+
+def implementations(shape: Shape, dtype, plat: str) -> list[str]:
+    """The reference plus every backend that takes this shape here (no fallbacks)."""
+    names = ["xla"]
+    case = attn.Case(
+        (1, shape.seq, shape.heads, shape.head_dim),
+        (1, shape.seq, shape.kv_heads, shape.head_dim),
+        jnp.dtype(dtype), shape.causal, True, shape.right_padded, plat,
+    )  # fmt: skip
+    for name, backend in attn.BACKENDS.items():
+        if name == "xla":
+            continue
+        native = plat in backend.platforms
+        if (native or (plat == "cpu" and backend.interpretable)) and attn._why_not(
+            backend, case
+        ) is None:
+            names.append(name)
+    return names
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="small shapes for a CPU check")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
+    p.add_argument("--only", default="", help="comma list of implementations to run")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+
+    plat = attn.platform()
+    dtype = args.dtype if args.dtype != "auto" else ("float32" if plat == "cpu" else "bfloat16")
+    full = C.qwen2_5_vl_3b()
+    if args.tiny:
+        vcfg = dataclasses.replace(full.vision, num_heads=2, hidden_size=64)
+        tcfg = dataclasses.replace(full.text, num_attention_heads=4, num_key_value_heads=2,
+                                   hidden_size=128)  # fmt: skip
+        shapes = vision_shapes(2, (112, 140), vcfg) + decoder_shapes([96], tcfg)
+    else:
+        shapes = vision_shapes(60, (196, 336), full.vision)
+        shapes += decoder_shapes([8192, 16384, 32768], full.text)
+    only = set(filter(None, args.only.split(",")))
+    kind = jax.devices()[0].device_kind
+    rows = []
+    for shape in shapes:
+        row = {
+            "shape": shape.name,
+            "seq": shape.seq,
+            "heads": f"{shape.heads}/{shape.kv_heads}x{shape.head_dim}",
+            "causal": shape.causal,
+            "segments": int(np.unique(shape.segments).size),
+            "useful_fwd_bwd_tflop": shape.flops() / 1e12,
+            "results": {},
+        }
+        for impl in implementations(shape, dtype, plat):
+            if only and impl not in only and impl != "xla":
+                continue
+            try:
+                r = time_one(shape, impl, dtype, args.iters)
+            except Exception as e:  # noqa: BLE001 - recorded per implementation
+                r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            row["results"][impl] = r
+            print(shape.name, impl, r, flush=True)
+        ref = row["results"].get("xla", {}).get("time_s")
+        timed = {k: v["time_s"] for k, v in row["results"].items() if "time_s" in v}
+        if timed:
+            best = min(timed, key=timed.get)
+            row["best"] = best
+            row["best_speedup_vs_xla"] = ref / timed[best] if ref else None
+        rows.append(row)
+    record = {
+        "what": "attention forward+backward (jit(value_and_grad)), batch 1, median of iters",
+        "device": kind,
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "dtype": dtype,
+        "iters": args.iters,
+        "tiny": args.tiny,
+        "interpret_mode": plat == "cpu",
+        "flops": "useful pairs only: 4*D*H per pair forward, x3.5 forward+backward",
+        "rows": rows,
+    }
+    name = "cpu" if plat == "cpu" else kind.lower().replace(" ", "_")
+    suffix = "_tiny" if args.tiny else ""
+    out = Path(args.out or Path(__file__).parent / "results" / f"attention{suffix}_{name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
