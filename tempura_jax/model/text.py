@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tempura_jax.config import ModelConfig, TextConfig
+from tempura_jax.model.kv_cache import KVCache
 from tempura_jax.model.layers import (
     Dense,
     GatedMLP,
@@ -57,19 +58,47 @@ class TextAttention(nnx.Module):
         )
         self.impl = cfg.attention_impl
 
-    def __call__(self, x, cos, sin, segment_ids, right_padded=False):
+    def _qkv(self, x, cos, sin):
         q = apply_rotary(self.q_proj(x), cos, sin)
-        k = apply_rotary(self.k_proj(x), cos, sin)
+        return q, apply_rotary(self.k_proj(x), cos, sin), self.v_proj(x)
+
+    def __call__(self, x, cos, sin, segment_ids, right_padded=False):
+        q, k, v = self._qkv(x, cos, sin)
         out = attention(
             q,
             k,
-            self.v_proj(x),
+            v,
             segment_ids=segment_ids,
             causal=True,
             impl=self.impl,
             right_padded=right_padded,
         )
         return self.o_proj(out)
+
+    def cached(self, x, cos, sin, segment_ids, kv_cache, layer: int, kv_segments, prefill: bool):
+        """Attention that also writes this call's K/V into `kv_cache` at its index.
+        Prefill (an empty cache) attends within the prompt, so it can use any
+        kernel; decoding attends over the cache slots."""
+        q, k, v = self._qkv(x, cos, sin)
+        index = kv_cache.index
+        ck, cv = (
+            jax.lax.dynamic_update_slice_in_dim(c[layer], new.astype(c[layer].dtype), index, 1)
+            for c, new in ((kv_cache.k, k), (kv_cache.v, v))
+        )
+        if prefill:
+            out = attention(q, k, v, segment_ids=segment_ids, causal=True, impl=self.impl)
+        else:
+            out = attention(
+                q,
+                ck,
+                cv,
+                segment_ids=segment_ids,
+                causal=True,
+                impl=self.impl,
+                kv_segment_ids=kv_segments,
+                q_offset=index,
+            )
+        return self.o_proj(out), (ck, cv)
 
 
 class DecoderLayer(nnx.Module):
@@ -86,6 +115,13 @@ class DecoderLayer(nnx.Module):
     def __call__(self, x, cos, sin, segment_ids, right_padded=False):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, right_padded)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def cached(self, x, cos, sin, segment_ids, kv_cache, layer, kv_segments, prefill):
+        h, kv = self.self_attn.cached(
+            self.input_layernorm(x), cos, sin, segment_ids, kv_cache, layer, kv_segments, prefill
+        )
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
 class TextModel(nnx.Module):
@@ -110,3 +146,16 @@ class TextModel(nnx.Module):
         for layer in self.layers:
             x = maybe_remat(layer, self.remat, x, cos, sin, segment_ids, right_padded=right_padded)
         return self.norm(x)
+
+    def cached(self, x, position_ids, segment_ids, kv_cache: KVCache, prefill: bool = False):
+        """Hidden states for tokens at `kv_cache.index` and the cache with them
+        written; `prefill` promises the cache is empty (index 0)."""
+        cos, sin = mrope_cos_sin(position_ids, self.cfg)
+        kv_segments = kv_cache.write_segments(segment_ids)
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            x, (k, v) = layer.cached(x, cos, sin, segment_ids, kv_cache, i, kv_segments, prefill)
+            ks.append(k)
+            vs.append(v)
+        cache = KVCache(tuple(ks), tuple(vs), kv_segments, kv_cache.index + segment_ids.shape[1])
+        return self.norm(x), cache

@@ -40,6 +40,7 @@ class Case:
     has_segments: bool
     right_padded: bool
     platform: str
+    cached: bool = False  # queries at an offset into a KV cache (decoding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,17 +110,29 @@ def attention(
     scale: float | None = None,
     impl: str = "xla",
     right_padded: bool = False,
+    kv_segment_ids: jax.Array | None = None,
+    q_offset: jax.Array | None = None,
 ) -> jax.Array:
-    """q: (B, S, Hq, D); k, v: (B, S, Hkv, D) with Hq a multiple of Hkv (GQA);
-    segment_ids: (B, S) int. `right_padded` promises each row is one segment
-    followed by padding (lets cuDNN take it). Returns (B, S, Hq, D) in q's dtype."""
+    """q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D) with Hq a multiple of Hkv (GQA);
+    segment_ids: (B, Sq) int. `right_padded` promises each row is one segment
+    followed by padding (lets cuDNN take it). Returns (B, Sq, Hq, D) in q's dtype.
+
+    Decoding against a KV cache: `kv_segment_ids` (B, Sk) are the cache slots'
+    ids (0 = empty) and `q_offset` the cache index of the first query, so the
+    causal mask compares absolute positions. Only the reference takes this."""
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"query heads {q.shape[2]} not a multiple of kv heads {k.shape[2]}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    cached = kv_segment_ids is not None or q_offset is not None
     case = Case(
-        q.shape, k.shape, q.dtype, causal, segment_ids is not None, right_padded, platform()
+        q.shape, k.shape, q.dtype, causal, segment_ids is not None, right_padded, platform(), cached
     )
     backend, interpret = select(impl, case)
+    if cached:
+        return xla_attention(
+            q, k, v, segment_ids, causal=causal, scale=scale,
+            kv_segment_ids=kv_segment_ids, q_offset=q_offset,
+        )  # fmt: skip
 
     def kernel(q, k, v, seg):
         return backend.run(q, k, v, seg, causal=causal, scale=scale, interpret=interpret)
@@ -129,19 +142,32 @@ def attention(
     return kernel(q, k, v, segment_ids)
 
 
-def mask_from(segment_ids: jax.Array | None, causal: bool, sq: int, sk: int) -> jax.Array | None:
-    """(B|1, 1, 1, Sq, Sk) boolean mask broadcastable over (B, Hkv, G, Sq, Sk)."""
+def mask_from(
+    segment_ids: jax.Array | None,
+    causal: bool,
+    sq: int,
+    sk: int,
+    kv_segment_ids: jax.Array | None = None,
+    q_offset: jax.Array | None = None,
+) -> jax.Array | None:
+    """(B|1, 1, 1, Sq, Sk) boolean mask broadcastable over (B, Hkv, G, Sq, Sk).
+    Queries sit at positions q_offset + i (default: the last Sq of the keys)."""
     mask = None
+    kv_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
     if segment_ids is not None:
-        mask = segment_ids[:, :, None] == segment_ids[:, None, :]
-        mask = mask[:, None, None]
+        mask = (segment_ids[:, :, None] == kv_ids[:, None, :])[:, None, None]
     if causal:
-        tri = jnp.tril(jnp.ones((sq, sk), dtype=bool), k=sk - sq)[None, None, None]
+        start = sk - sq if q_offset is None else q_offset
+        rows = start + jnp.arange(sq)
+        tri = (jnp.arange(sk)[None, :] <= rows[:, None])[None, None, None]
         mask = tri if mask is None else mask & tri
     return mask
 
 
-def xla_attention(q, k, v, segment_ids=None, *, causal, scale, interpret=False):
+def xla_attention(
+    q, k, v, segment_ids=None, *, causal, scale, interpret=False, kv_segment_ids=None,
+    q_offset=None,
+):  # fmt: skip
     """The reference: dense logits, GQA by grouping query heads (no K/V repeat)."""
     del interpret
     b, sq, hq, d = q.shape
@@ -149,7 +175,7 @@ def xla_attention(q, k, v, segment_ids=None, *, causal, scale, interpret=False):
     qg = q.reshape(b, sq, hkv, hq // hkv, d)
     logits = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
     logits = logits * scale
-    mask = mask_from(segment_ids, causal, sq, k.shape[1])
+    mask = mask_from(segment_ids, causal, sq, k.shape[1], kv_segment_ids, q_offset)
     if mask is not None:
         # A finite floor keeps fully-masked rows (padding queries) NaN-free.
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
@@ -159,6 +185,8 @@ def xla_attention(q, k, v, segment_ids=None, *, causal, scale, interpret=False):
 
 
 def _self_attention_only(case: Case) -> str | None:
+    if case.cached:
+        return "queries offset into a KV cache (decoding)"
     if case.q_shape[1] != case.k_shape[1]:
         return "query and key lengths differ (the kernel is for self-attention)"
     if not jnp.issubdtype(case.dtype, jnp.floating):
@@ -196,6 +224,8 @@ def _cudnn(q, k, v, seg, *, causal, scale, interpret):
 def _cudnn_unsupported(case: Case) -> str | None:
     probe = jax.ShapeDtypeStruct(case.q_shape, case.dtype)
     key = jax.ShapeDtypeStruct(case.k_shape, case.dtype)
+    if case.cached:
+        return "queries offset into a KV cache (decoding)"
     return cudnn.unsupported(probe, key, case.has_segments, case.right_padded)
 
 

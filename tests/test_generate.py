@@ -1,0 +1,132 @@
+"""Cached generation against full forward passes (tiny random model, fp32 CPU)."""
+
+import numpy as np
+import pytest
+from conftest import IMAGE, VEND, VIDEO, VSTART, pixels, vision_block
+
+import tempura_jax
+from tempura_jax.generate import SamplingConfig, generate, sample_token
+
+SUPPRESS = (IMAGE, VIDEO, VSTART, VEND)  # a random model must not emit placeholders
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def model(hf_model_dir):
+    path = hf_model_dir("tied")[1]
+    return tempura_jax.load_pretrained(path, dtype="float32", compute_dtype="float32")
+
+
+def _sample(kind: str):
+    if kind == "image":
+        grid = [1, 6, 8]
+        ids = [5, 6] + vision_block(grid) + [7, 8, 9]
+        return ids, dict(pixel_values=pixels([grid], seed=3), image_grid_thw=np.array([grid]))
+    if kind == "video":
+        grid = [2, 4, 6]
+        ids = [11] + vision_block(grid, VIDEO) + [12, 13]
+        media = dict(pixel_values_videos=pixels([grid], seed=4), video_grid_thw=np.array([grid]))
+        return ids, media
+    return [21, 22, 23, 24, 25, 26, 27], {}
+
+
+def _full_forward_greedy(model, ids, media, steps):
+    """Reference: recompute the whole sequence for every new token."""
+    seq, logits = list(ids), []
+    for _ in range(steps):
+        out = np.asarray(model(np.array([seq]), **media).logits)[0, -1]
+        logits.append(out)
+        masked = out.copy()
+        masked[list(SUPPRESS)] = -np.inf
+        seq.append(int(masked.argmax()))
+    return seq[len(ids) :], np.stack(logits)
+
+
+@pytest.mark.parametrize("kind", ["image", "video", "text"])
+def test_cached_greedy_equals_full_forward(model, kind):
+    ids, media = _sample(kind)
+    inputs = tempura_jax.prepare_inputs(model.config, np.array([ids]), **media)
+    cfg = SamplingConfig(max_new_tokens=STEPS, suppress_ids=SUPPRESS)
+    out = generate(model, inputs, cfg, return_logits=True)
+    ref_tokens, ref_logits = _full_forward_greedy(model, ids, media, STEPS)
+    assert out.tokens[0].tolist() == ref_tokens
+    np.testing.assert_allclose(out.logits[0], ref_logits, atol=1e-4)
+    assert np.abs(ref_logits).max() > 1.0
+
+
+def _left_padded(samples):
+    s = max(len(ids) for ids, _ in samples)
+    ids = np.zeros((len(samples), s), np.int64)
+    mask = np.zeros_like(ids)
+    for i, (row, _) in enumerate(samples):
+        ids[i, s - len(row) :], mask[i, s - len(row) :] = row, 1
+    media = {}
+    for _, m in samples:
+        for k, v in m.items():
+            media[k] = np.concatenate([media[k], v]) if k in media else v
+    return ids, mask, media
+
+
+def test_batched_equals_per_sample(model):
+    samples = [_sample("image"), _sample("text"), _sample("video")]
+    ids, mask, media = _left_padded(samples)
+    cfg = SamplingConfig(max_new_tokens=STEPS, suppress_ids=SUPPRESS)
+    inputs = tempura_jax.prepare_inputs(model.config, ids, mask, **media)
+    batched = generate(model, inputs, cfg, return_logits=True)
+    for i, (row, m) in enumerate(samples):
+        one = generate(
+            model, tempura_jax.prepare_inputs(model.config, np.array([row]), **m), cfg,
+            return_logits=True,
+        )  # fmt: skip
+        assert batched.tokens[i].tolist() == one.tokens[0].tolist()
+        np.testing.assert_allclose(batched.logits[i], one.logits[0], atol=1e-4)
+
+
+def test_greedy_sample_token_is_argmax():
+    import jax.numpy as jnp
+
+    logits = jnp.log(jnp.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]]))
+    assert sample_token(logits, None, 0.0, 1.0).tolist() == [1, 0]
+
+
+def test_stop_and_lengths(model):
+    ids, media = _sample("image")
+    inputs = tempura_jax.prepare_inputs(model.config, np.array([ids, ids]), **_twice(media))
+    free = generate(model, inputs, SamplingConfig(max_new_tokens=STEPS, suppress_ids=SUPPRESS))
+    stop = int(free.tokens[0, 2])
+    first = free.tokens[0].tolist().index(stop)
+    cfg = SamplingConfig(max_new_tokens=STEPS, suppress_ids=SUPPRESS, stop_ids=(stop,), pad_id=-7)
+    out = generate(model, inputs, cfg)
+    assert out.lengths.tolist() == [first + 1] * 2
+    assert out.tokens[0, : first + 1].tolist() == free.tokens[0, : first + 1].tolist()
+    assert (out.tokens[:, first + 1 :] == -7).all()
+    assert out.rows()[0][-1] == stop
+
+
+def _twice(media):
+    out = {}
+    for k, v in media.items():
+        out[k] = np.concatenate([v, v])
+    return out
+
+
+def test_sampling_is_seeded_and_top_p_narrows(model):
+    ids, media = _sample("text")
+    inputs = tempura_jax.prepare_inputs(model.config, np.array([ids]), **media)
+    # A high temperature: the random model is confident, sampling must differ by seed.
+    base = dict(max_new_tokens=STEPS, suppress_ids=SUPPRESS, temperature=50.0)
+    a = generate(model, inputs, SamplingConfig(**base, seed=1)).tokens
+    b = generate(model, inputs, SamplingConfig(**base, seed=1)).tokens
+    c = generate(model, inputs, SamplingConfig(**base, seed=2)).tokens
+    assert (a == b).all() and not (a == c).all()
+    # A tiny nucleus keeps only the top token: sampling becomes greedy.
+    nucleus = generate(model, inputs, SamplingConfig(**base, seed=3, top_p=1e-6)).tokens
+    greedy = generate(model, inputs, SamplingConfig(max_new_tokens=STEPS, suppress_ids=SUPPRESS))
+    assert (nucleus == greedy.tokens).all()
+
+
+def test_right_padding_is_refused(model):
+    ids = np.array([[5, 6, 7, 0]])
+    inputs = tempura_jax.prepare_inputs(model.config, ids, np.array([[1, 1, 1, 0]]))
+    with pytest.raises(ValueError, match="left-padded"):
+        generate(model, inputs, SamplingConfig(max_new_tokens=2))
