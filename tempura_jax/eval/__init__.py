@@ -1,0 +1,1 @@
+"""Answer parsing and benchmark metrics (Charades-STA; more in issue #7)."""

@@ -1,0 +1,54 @@
+"""Parsers for model answers. They never raise: unparseable text yields nothing.
+
+Times may be seconds (`12`, `12.5s`, `12.5 seconds`) or clock times (`1:05`,
+`0:01:05.5`). A window is `[a, b]` (also inside nested JSON lists),
+`from a to b`, `between a and b`, `a - b` or `a to b`; windows come back in the
+order they appear, unswapped (metrics decide what a reversed window means).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_NUM = r"\d+(?:\.\d+)?"
+_CLOCK = r"(?:\d+:)?\d{1,2}:\d{2}(?:\.\d+)?"
+_UNIT = r"(?:\s*(?:seconds?|secs?|s)\b)?"
+TIME = rf"(?:{_CLOCK}|{_NUM}){_UNIT}"
+
+WINDOW = re.compile(
+    rf"\[\s*(?P<l1>{TIME})\s*,\s*(?P<l2>{TIME})\s*\]"
+    rf"|\bfrom\s+(?P<f1>{TIME})\s+(?:to|until|till)\s+(?P<f2>{TIME})"
+    rf"|\bbetween\s+(?P<b1>{TIME})\s+and\s+(?P<b2>{TIME})"
+    rf"|(?P<d1>{TIME})\s*(?:-|–|—|to)\s*(?P<d2>{TIME})",
+    re.IGNORECASE,
+)
+_PAIRS = (("l1", "l2"), ("f1", "f2"), ("b1", "b2"), ("d1", "d2"))
+
+
+def to_seconds(token: str) -> float | None:
+    """`12.5`, `12.5s`, `1:05`, `1:02:03.5` -> seconds; None if not a time."""
+    token = re.sub(r"[a-zA-Z\s]+$", "", token.strip())
+    try:
+        parts = [float(p) for p in token.split(":")]
+    except ValueError:
+        return None
+    if not parts or len(parts) > 3 or any(p < 0 for p in parts):
+        return None
+    seconds = 0.0
+    for p in parts:
+        seconds = seconds * 60 + p
+    return seconds if math.isfinite(seconds) else None
+
+
+def parse_windows(text: str | None) -> list[tuple[float, float]]:
+    """Every time window in `text`, in order of appearance."""
+    out = []
+    for m in WINDOW.finditer(text or ""):
+        for a, b in _PAIRS:
+            if m.group(a) is not None:
+                start, end = to_seconds(m.group(a)), to_seconds(m.group(b))
+                if start is not None and end is not None:
+                    out.append((start, end))
+                break
+    return out
