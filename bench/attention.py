@@ -143,7 +143,7 @@ def implementations(shape: Shape, dtype, plat: str) -> list[str]:
         if name == "xla":
             continue
         native = plat in backend.platforms
-        if (native or (plat == "cpu" and backend.interpretable)) and attn._why_not(
+        if (native or (plat == "cpu" and backend.interpretable)) and attn.why_not(
             backend, case
         ) is None:
             names.append(name)

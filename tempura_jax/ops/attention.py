@@ -74,7 +74,7 @@ def platform() -> str:
     return "gpu" if name in ("gpu", "cuda", "rocm") else name
 
 
-def _why_not(backend: Backend, case: Case) -> str | None:
+def why_not(backend: Backend, case: Case) -> str | None:
     if case.platform not in backend.platforms and not backend.interpretable:
         return f"needs {'/'.join(backend.platforms)}, running on {case.platform}"
     return backend.unsupported(case)
@@ -86,11 +86,11 @@ def select(impl: str, case: Case) -> tuple[Backend, bool]:
         raise ValueError(f"unknown attention_impl {impl!r}; known: {', '.join(IMPLS)}")
     if impl == "auto":
         for name in AUTO_ORDER.get(case.platform, ()):
-            if _why_not(BACKENDS[name], case) is None:
+            if why_not(BACKENDS[name], case) is None:
                 return BACKENDS[name], False
         return BACKENDS["xla"], False
     backend = BACKENDS[impl]
-    reason = _why_not(backend, case)
+    reason = why_not(backend, case)
     if reason is not None:
         _log_once(f"attention_impl={impl} cannot take q{case.q_shape} ({reason}); using xla")
         return BACKENDS["xla"], False

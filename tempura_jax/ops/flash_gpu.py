@@ -145,6 +145,11 @@ def _kv_rows(seq: int, group: int):
     return lambda d: pl.BlockSpec((None, seq, None, d), lambda i, b, h: (b, 0, h // group, 0))
 
 
+def _kv_block(block: int, group: int):
+    """One K/V block of the query head's KV head (dK/dV grid over key blocks)."""
+    return lambda d: pl.BlockSpec((None, block, None, d), lambda i, b, h: (b, i, h // group, 0))
+
+
 def _scalar():
     return pl.BlockSpec((None, None), lambda i, b, h: (b, i))
 
@@ -239,10 +244,6 @@ def _backward(q, k, v, seg, ranges: BlockRanges, o, lse, do, causal, scale, cfg:
     )(ranges.q_lo, ranges.q_hi, seg, seg, q, k, v, do, lse, delta)
     fold = lambda x, like: x.reshape(b, s, hkv, group, d).sum(3).astype(like.dtype)  # noqa: E731
     return dq, fold(dk, k), fold(dv, v)
-
-
-def _kv_block(block: int, group: int):
-    return lambda d: pl.BlockSpec((None, block, None, d), lambda i, b, h: (b, i, h // group, 0))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
