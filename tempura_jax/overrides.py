@@ -118,3 +118,37 @@ def describe(cfg: Any) -> str:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Rebuild a config tree saved with `to_dict` (JSON lists become tuples).
+    Keys the class no longer has are ignored, missing ones keep their defaults,
+    so a checkpoint written by an older version still loads."""
+    if not isinstance(data, dict):
+        raise OverrideError(f"{where}: expected an object, got {type(data).__name__}")
+    hints, kwargs = _hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        kwargs[f.name] = _from_json(data[f.name], hints[f.name], f"{where}.{f.name}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise OverrideError(f"{where}: {e}") from e
+
+
+def _from_json(value: Any, tp: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is tuple and isinstance(value, list):
+        inner = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        if inner is None:
+            return tuple(_from_json(v, a, where) for v, a in zip(value, args, strict=False))
+        return tuple(_from_json(v, inner, where) for v in value)
+    return value

@@ -9,7 +9,7 @@ import re
 
 EVENT = re.compile(
     r"From\s+(\d+(?:\.\d+)?)\s+to\s+(\d+(?:\.\d+)?)\s+seconds?\s*[,:]\s*(.*?)\s*"
-    r"(?=(?:\n\s*)?From\s+\d+(?:\.\d+)?\s+to\s+\d|\Z)",
+    r"(?=\n[ \t]*\n|(?:\n\s*)?From\s+\d+(?:\.\d+)?\s+to\s+\d|\Z)",
     re.DOTALL,
 )
 
@@ -33,7 +33,8 @@ def format_events(events: list[Event]) -> str:
 
 
 def parse_events(text: str) -> list[Event]:
-    """Every `From A to B seconds, caption` in `text`, in order; never raises."""
+    """Every `From A to B seconds, caption` in `text`, in order; never raises.
+    A caption ends at the next event or blank line (one paragraph per event)."""
     return [
         Event(float(a), float(b), caption.strip())
         for a, b, caption in EVENT.findall(text or "")

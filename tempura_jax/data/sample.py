@@ -66,12 +66,24 @@ def masked_frames(times: np.ndarray, windows, fps: float) -> np.ndarray:
 
 
 class ExampleBuilder:
-    """`tokenizer=None` checks and reads media only (`frames`), for data audits."""
+    """`tokenizer=None` checks and reads media only (`frames`), for data audits.
+    `generation`: the prompt ends with `<|im_start|>assistant\n` (inference;
+    records then carry only user turns)."""
 
-    def __init__(self, cfg: DataConfig, tokenizer: Tokenizer | None, model_cfg: ModelConfig | None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tokenizer: Tokenizer | None,
+        model_cfg: ModelConfig | None,
+        generation: bool = False,
+    ):
         if tokenizer is not None and model_cfg is not None:
             tokenizer.check(model_cfg)
         self.cfg, self.tok, self.model_cfg = cfg, tokenizer, model_cfg
+        self.generation = generation
+
+    def _chat(self, rec: Record, vision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return chat_tokens(self.tok, list(rec.turns), vision, self._system(rec), self.generation)
 
     def _tokens_per_block(self, n_frames: int, tl: media.Timeline) -> list[int]:
         per_frame = self.cfg.pixels.temporal_patch_size
@@ -82,8 +94,7 @@ class ExampleBuilder:
         return [merged] * n_frames
 
     def _text_length(self, rec: Record) -> int:
-        ids, _ = chat_tokens(self.tok, list(rec.turns), np.zeros(0, np.int32), self._system(rec))
-        return len(ids)
+        return len(self._chat(rec, np.zeros(0, np.int32))[0])
 
     def _system(self, rec: Record) -> str | None:
         return rec.system if rec.system is not None else self.cfg.system_prompt
@@ -174,7 +185,7 @@ class ExampleBuilder:
         cfg, merge = self.cfg, self.cfg.pixels.merge_size**2
         blocks = [int(np.prod(g)) // merge for g in grid]
         vision = vision_tokens(self.tok, blocks, cfg.as_video)
-        ids, labels = chat_tokens(self.tok, list(rec.turns), vision, self._system(rec))
+        ids, labels = self._chat(rec, vision)
         if cfg.as_video:
             step = float(np.mean(np.diff(times))) if len(times) > 1 else 1.0 / cfg.sampling.fps
             spg = np.full(len(grid), cfg.pixels.temporal_patch_size * step, np.float32)

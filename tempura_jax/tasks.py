@@ -1,0 +1,81 @@
+"""Built-in inference tasks: the prompt each one sends and how its answer is read.
+
+Dense captioning and masked-event prediction use the exact prompts the
+training data carries (`data.events`), so a TEMPURA checkpoint sees the
+wording it was trained on. Grounding and highlight detection ask for the
+answer formats the evaluation parsers read (`eval.parsing`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
+
+from tempura_jax.data.events import DENSE_PROMPT, MASKED_PROMPT, parse_events
+from tempura_jax.eval.parsing import parse_highlights, parse_windows
+
+GROUNDING_PROMPT = (
+    'Find the moment in the video that matches this description: "{query}". '
+    "Answer with its start and end time in seconds, in the form: From A to B seconds."
+)
+HIGHLIGHT_PROMPT = (
+    'Find the highlight moments of the video for the query: "{query}". Answer in the form: '
+    "The highlight timestamps are in the A, B, C seconds. Their saliency scores are x, y, z."
+)
+_MASKED_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
+
+
+def events_field(text: str) -> dict[str, Any]:
+    return {"events": [[e.start, e.end, e.caption] for e in parse_events(text)]}
+
+
+def masked_field(text: str) -> dict[str, Any]:
+    """The `<answer>` part (the whole text if the tags are missing) and its window."""
+    m = _MASKED_ANSWER.search(text or "")
+    answer = (m.group(1) if m else text or "").strip()
+    return {"prediction": answer, "windows": [list(w) for w in parse_windows(answer)]}
+
+
+def windows_field(text: str) -> dict[str, Any]:
+    return {"windows": [list(w) for w in parse_windows(text)]}
+
+
+def highlights_field(text: str) -> dict[str, Any]:
+    return {"highlights": [list(h) for h in parse_highlights(text)]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    prompt: str  # str.format template: {query}, {start}, {end}
+    parse: Callable[[str], dict[str, Any]]
+    needs_query: bool = False
+    needs_mask: bool = False
+
+    def text(self, query: str = "", mask: tuple[float, float] | None = None) -> str:
+        if self.needs_query and not query:
+            raise ValueError(f"task {self.name!r} needs a query")
+        if self.needs_mask and mask is None:
+            raise ValueError(f"task {self.name!r} needs a masked window (start, end seconds)")
+        start, end = mask if mask is not None else (0.0, 0.0)
+        return self.prompt.format(query=query, start=start, end=end)
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("dense", DENSE_PROMPT, events_field),
+        Task("masked", MASKED_PROMPT, masked_field, needs_mask=True),
+        Task("grounding", GROUNDING_PROMPT, windows_field, needs_query=True),
+        Task("highlight", HIGHLIGHT_PROMPT, highlights_field, needs_query=True),
+        Task("free", "{query}", events_field, needs_query=True),
+    )
+}
+
+
+def get(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    return TASKS[name]
