@@ -52,3 +52,53 @@ def parse_windows(text: str | None) -> list[tuple[float, float]]:
                     out.append((start, end))
                 break
     return out
+
+
+# A highlight pair: `82s: 1.3`, `1:22 - score 2`, `82 seconds (score 1.3)`. The time is
+# atomic so a clock `12:30` is never re-read as the pair `12: 30`.
+_SCORE = rf"-?{_NUM}"
+_PAIR_SEP = r"\s*(?::|,?\s*-?\s*\(?\s*(?:saliency\s+)?score\s*(?:of|is|[:=])?)\s*"
+HIGHLIGHT_PAIR = re.compile(rf"(?P<t>(?>{TIME})){_PAIR_SEP}(?P<s>{_SCORE})", re.IGNORECASE)
+_SCORES_WORD = re.compile(r"\bscores?\b", re.IGNORECASE)
+
+
+def _finite(token: str) -> float | None:
+    try:
+        value = float(token)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def parse_highlights(text: str | None) -> list[tuple[float, float]]:
+    """(time seconds, saliency score) pairs, in order of appearance.
+
+    Explicit pairs win. Otherwise TimeChat's two lists ("...timestamps are in
+    the 82, 84 seconds. Their saliency scores are 1.3, 1.7.") are zipped
+    positionally, up to the shorter list: times are read before the last
+    "score(s)" word and scores after it. Without scores (or without times
+    before that word), every time found gets score 1.0, so a bare list of
+    times still marks highlights.
+    """
+    if not isinstance(text, str):
+        return []
+    pairs = []
+    for m in HIGHLIGHT_PAIR.finditer(text):
+        t, s = to_seconds(m.group("t")), _finite(m.group("s"))
+        if t is not None and s is not None:
+            pairs.append((t, s))
+    if pairs:
+        return pairs
+    words = list(_SCORES_WORD.finditer(text))
+    head, tail = (text[: words[-1].start()], text[words[-1].end() :]) if words else (text, "")
+    times = _times(head)
+    scores = [s for s in map(_finite, re.findall(_SCORE, tail)) if s is not None]
+    if not times:
+        times, scores = _times(text), []
+    if not scores:
+        return [(t, 1.0) for t in times]
+    return list(zip(times, scores, strict=False))
+
+
+def _times(text: str) -> list[float]:
+    return [t for t in map(to_seconds, re.findall(TIME, text, re.IGNORECASE)) if t is not None]

@@ -1,0 +1,145 @@
+"""Dense-captioning metrics and benchmark scoring, against hand-computed values."""
+
+import json
+
+import pytest
+
+from tempura_jax.data.events import Event
+from tempura_jax.eval import benchmarks, dvc
+from tempura_jax.infer import Prediction
+
+
+def ev(a, b, c="x"):
+    return Event(a, b, c)
+
+
+def test_coverage_and_overlap():
+    events = [ev(0, 4), ev(2, 6), ev(8, 12)]  # union [0,6]+[8,10] in a 10 s video
+    assert dvc.coverage(events, 10) == pytest.approx(0.8)
+    assert dvc.overlap(events, 10) == pytest.approx(0.2)  # [2,4] covered twice
+    assert dvc.coverage([ev(5, 3)], 10) == pytest.approx(0.2)  # reversed still counts
+    assert dvc.coverage([], 10) == 0 and dvc.overlap([], 10) == 0
+    assert dvc.overlap([ev(0, 5), ev(1, 4), ev(2, 3)], 10) == pytest.approx(0.3)
+
+
+def test_localisation_recall_and_precision():
+    truth = (ev(0, 4), ev(4, 10))
+    # tIoU: p0 vs g0 = 3/4, p1 vs g1 = 4/6, p2 = [20, 30] overlaps nothing.
+    video = dvc.Video("v", 10, truth, (ev(1, 4), ev(6, 10), ev(20, 30)))
+    assert dvc.localisation(video, 0.3) == pytest.approx((1.0, 2 / 3))
+    assert dvc.localisation(video, 0.5) == pytest.approx((1.0, 2 / 3))
+    assert dvc.localisation(video, 0.7) == pytest.approx((0.5, 1 / 3))
+    assert dvc.localisation(video, 0.9) == (0.0, 0.0)
+    assert dvc.localisation(dvc.Video("e", 10, truth, ()), 0.3) == (0.0, 0.0)
+    assert dvc.matched_pairs([video], 0.7) == [("x", "x")]
+
+
+def test_metrics_over_videos():
+    truth = (ev(0, 5, "a"), ev(5, 10, "b"))
+    exact = dvc.Video("a", 10, truth, truth)
+    empty = dvc.Video("b", 10, truth, ())
+    m = dvc.metrics([exact, empty], captions=False)
+    assert m["videos"] == 2 and m["unparsed"] == 1
+    assert m["events_per_video"] == 1.0 and m["gt_events_per_video"] == 2.0
+    assert m["coverage"] == pytest.approx(0.5) and m["overlap"] == 0
+    assert m["valid"] == 0.5
+    for t in dvc.THRESHOLDS:
+        assert m[f"Recall@{t}"] == pytest.approx(50) and m[f"Precision@{t}"] == pytest.approx(50)
+    assert m["F1"] == pytest.approx(50)
+    with pytest.raises(ValueError, match="no videos"):
+        dvc.metrics([])
+
+
+def test_caption_metrics_say_why_they_are_skipped(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_coco(name, *a, **k):
+        if name.startswith("pycocoevalcap"):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_coco)
+    out = dvc.caption_metrics([dvc.Video("a", 1, (ev(0, 1),), (ev(0, 1),))])
+    assert out == {"captions": "skipped: pycocoevalcap is not installed"}
+
+
+def _charades_file(tmp_path):
+    ann = tmp_path / "charades_sta_test.txt"
+    ann.write_text("v1 0.0 4.0##a man sits\nv1 4.0 10.0##he stands\nv2 2.0 6.0##a dog\n")
+    return ann
+
+
+def test_charades_scoring_from_rows(tmp_path):
+    bench = benchmarks.get("charades")
+    ann = _charades_file(tmp_path)
+    cases = bench.cases(ann, tmp_path / "videos", ".mp4")
+    assert [c.id for c in cases] == ["0", "1", "2"] and cases[2].video.endswith("videos/v2.mp4")
+    assert cases[0].task == "grounding" and cases[0].query == "a man sits"
+    rows = [
+        bench.row(cases[0], Prediction("0", "", "grounding", "", "x", {"windows": [[0, 4]]}), {}),
+        {"id": "1", "answer": "It happens from 10 to 4 seconds."},  # text only, reversed
+        {"id": "2", "windows": []},  # unparsed: IoU 0
+    ]
+    m = bench.score(rows, ann, tmp_path, {"protocol": "first"})
+    assert m["mIoU"] == pytest.approx(100 * 2 / 3) and m["unparsed"] == 1
+    assert m["R1@0.7"] == pytest.approx(100 * 2 / 3)
+    with pytest.raises(ValueError, match="1 of 3 queries have no prediction"):
+        bench.score(rows[:2], ann, tmp_path, {})
+    assert bench.score(rows[:2], ann, tmp_path, {"partial": True})["mIoU"] == 100
+
+
+def test_qvhighlights_rows_are_official_submissions(tmp_path):
+    bench = benchmarks.get("qvhighlights")
+    ann = tmp_path / "highlight_val_release.jsonl"
+    gt = {
+        "qid": 7, "query": "a dog", "duration": 9, "vid": "vid_a",
+        "relevant_clip_ids": [1, 2], "saliency_scores": [[4, 4, 4], [2, 3, 4]],
+        "relevant_windows": [[2, 6]],
+    }  # fmt: skip
+    ann.write_text(json.dumps(gt) + "\n")
+    (case,) = bench.cases(ann, tmp_path, ".mp4")
+    assert case.id == "7" and case.task == "highlight" and case.video.endswith("vid_a.mp4")
+    pred = Prediction("7", case.video, "highlight", "a dog", "t", {"highlights": [[3.0, 2.0]]})
+    row = bench.row(case, pred, bench.context(ann))
+    assert row["qid"] == 7 and row["vid"] == "vid_a" and row["id"] == "7"
+    assert row["pred_saliency_scores"] == [0.0, 2.0, 0.0, 0.0, 0.0]  # ceil(9 / 2) clips
+    assert row["pred_relevant_windows"] == [[2.0, 4.0, 2.0]]
+    m = bench.score([row], ann, tmp_path, {})
+    assert m["HL-min-VeryGood-Hit1"] == 100.0  # clip 1: every annotator gave 4
+
+
+def test_dvc_scoring_reads_ver_records(tmp_path):
+    bench = benchmarks.get("dvc")
+    target = "From 0.0 to 4.0 seconds, a.\n\nFrom 4.0 to 10.0 seconds, b."
+    ann = tmp_path / "dense.json"
+    turns = [{"from": "human", "value": "<video>\nDescribe."}, {"from": "gpt", "value": target}]
+    record = {"video": "v.mp4", "conversations": turns}
+    ann.write_text(json.dumps([record, record]))
+    cases = bench.cases(ann, tmp_path, ".mp4")
+    assert [c.id for c in cases] == ["0", "1"] and cases[0].video == str(tmp_path / "v.mp4")
+    rows = [
+        bench.row(
+            cases[0],
+            Prediction(
+                "0", "", "dense", "", target, {"events": [[0.0, 4.0, "a."], [4.0, 10.0, "b."]]}
+            ),
+            {},
+        ),  # fmt: skip
+        {"id": "1", "answer": "From 0 to 10 seconds, all of it."},
+    ]
+    m = bench.score(rows, ann, tmp_path, {"captions": False})
+    assert m["videos"] == 2 and m["events_per_video"] == 1.5 and m["valid"] == 1.0
+    assert m["Recall@0.5"] == pytest.approx(75)  # second video: [0,10] hits [4,10] only
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"video": "v.mp4"}]))
+    with pytest.raises(ValueError, match="bad.json#0"):
+        bench.cases(bad, tmp_path, ".mp4")
+
+
+def test_read_rows_names_the_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": 1}\n\n[1]\n')
+    with pytest.raises(ValueError, match="p.jsonl:3: expected an object"):
+        benchmarks.read_rows(path)
