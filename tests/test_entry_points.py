@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tempura_jax.data.events import parse_events
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -89,34 +93,140 @@ def test_convert_bench_tiny(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_train_both_stages_on_the_demo(tmp_path):
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
     """`launch/train.py --stage 1` then `--stage 2`, no other argument (the
-    README's main command): writes the demo data and tiny model, trains, and
-    the loss falls in both stages; stage 2 starts from stage 1's checkpoint."""
+    README's main command), in a fresh folder: (folder, stage-1 and stage-2 output)."""
+    root = tmp_path_factory.mktemp("demo_run")
 
     def train(stage):
         return subprocess.run(
             [sys.executable, str(REPO / "launch" / "train.py"), "--stage", str(stage)],
-            cwd=tmp_path,
+            cwd=root,
             capture_output=True,
             text=True,
             check=True,
-            env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},  # one CPU device
+            env=ONE_DEVICE,
         ).stdout
 
-    out1 = train(1)
+    return root, train, train(1), train(2)
+
+
+ONE_DEVICE = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+
+def in_demo(root, *argv):
+    return subprocess.run(
+        [sys.executable, *argv], cwd=root, capture_output=True, text=True, check=True,
+        env=ONE_DEVICE,
+    ).stdout  # fmt: skip
+
+
+def test_train_both_stages_on_the_demo(demo_run):
+    """Writes the demo data and tiny model, trains, and the loss falls in both
+    stages; stage 2 starts from stage 1's checkpoint."""
+    root, train, out1, out2 = demo_run
     assert "finished at step" in out1
-    out2 = train(2)
     assert "stage1/checkpoints" in out2 and "finished at step" in out2
     for stage in (1, 2):
         rows = [
-            json.loads(line)
-            for line in (tmp_path / f"workdir/demo/stage{stage}/metrics.jsonl").open()
+            json.loads(line) for line in (root / f"workdir/demo/stage{stage}/metrics.jsonl").open()
         ]
         losses = [r["loss"] for r in rows]
         assert len(losses) >= 12
         assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
     assert "already_finished" in train(2)  # a finished run is not redone
+
+
+CKPT = "workdir/demo/stage2/checkpoints"
+DATA = "workdir/demo/data"
+
+
+def test_infer_on_training_videos_emits_events(demo_run):
+    """After stage 2, the demo model answers a training video with parseable
+    `From A to B seconds, ...` events inside the video."""
+    root = demo_run[0]
+    one = in_demo(root, REPO / "launch/infer.py", "--checkpoint", CKPT,
+                  "--video", f"{DATA}/videos/demo_000.mp4", "--max-new-tokens", "160")  # fmt: skip
+    (answer,) = [json.loads(line) for line in one.splitlines()]
+    assert answer["task"] == "dense" and answer["answer"].startswith("From ")
+    records = json.loads((root / DATA / "stage2_dense.json").read_text())
+    cases = [{"video": f"videos/demo_{i:03d}.mp4", "id": f"v{i}"} for i in range(4)]
+    (root / DATA / "cases.json").write_text(json.dumps(cases))
+    out = in_demo(root, REPO / "launch/infer.py", "--checkpoint", CKPT, "--batch",
+                  f"{DATA}/cases.json", "--batch-size", "2", "--max-new-tokens", "160")  # fmt: skip
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert [a["id"] for a in answers] == ["v0", "v1", "v2", "v3"]
+    assert answers[0]["answer"] == answer["answer"]  # batched = alone
+    for a, rec in zip(answers, records, strict=False):
+        truth = parse_events(rec["conversations"][1]["value"])
+        assert a["events"], a["answer"]
+        for start, end, caption in a["events"]:
+            assert 0 <= start < end <= truth[-1].end + 1.0 and caption
+
+
+def test_eval_runs_resumes_and_scores_on_the_demo(demo_run, tmp_path):
+    root = demo_run[0]
+    preds = tmp_path / "dvc.jsonl"
+    args = ["--task", "dvc", "--checkpoint", CKPT, "--annotations", f"{DATA}/stage2_dense.json",
+            "--videos", DATA, "--predictions", str(preds), "--limit", "3", "--batch-size", "2",
+            "--max-new-tokens", "160", "--out", str(tmp_path / "dvc.json")]  # fmt: skip
+    first = json.loads(in_demo(root, REPO / "launch/eval.py", *args))
+    assert first["videos"] == 3 and first["events_per_video"] > 0
+    assert first["captions"].startswith("skipped")
+    assert json.loads((tmp_path / "dvc.json").read_text()) == first
+    with preds.open("a") as f:
+        f.write('{"id": "cut off')  # a run killed mid-line
+    again = subprocess.run(
+        [sys.executable, REPO / "launch/eval.py", *args], cwd=root, capture_output=True,
+        text=True, check=True, env=ONE_DEVICE,
+    )  # fmt: skip
+    assert "3 queries, 3 done" in again.stderr and "cut-off" in again.stderr
+    assert json.loads(again.stdout) == first
+    assert len(preds.read_text().splitlines()) == 3
+
+    ground = json.loads(in_demo(root, REPO / "launch/eval.py", "--task", "charades",
+        "--checkpoint", CKPT, "--annotations", f"{DATA}/charades_sta_test.txt",
+        "--videos", f"{DATA}/videos", "--predictions", str(tmp_path / "ch.jsonl"),
+        "--limit", "4", "--protocol", "any"))  # fmt: skip
+    assert ground["protocol"] == "any" and ground["queries"] == 4
+    assert set(ground) >= {"mIoU", "R1@0.3", "R1@0.5", "R1@0.7"}
+
+    qvh = tmp_path / "qvh.jsonl"
+    hl = json.loads(in_demo(root, REPO / "launch/eval.py", "--task", "qvhighlights",
+        "--checkpoint", CKPT, "--annotations", f"{DATA}/highlight_val_release.jsonl",
+        "--videos", f"{DATA}/videos", "--predictions", str(qvh), "--limit", "2"))  # fmt: skip
+    assert {"HL-min-VeryGood-mAP", "HL-min-VeryGood-Hit1", "MR-full-mAP"} <= set(hl)
+    rows = [json.loads(line) for line in qvh.read_text().splitlines()]
+    assert [r["qid"] for r in rows] == [0, 1]
+    assert all(r["pred_relevant_windows"] and r["pred_saliency_scores"] for r in rows)
+    # Scoring only, with the official file names: the same numbers.
+    scored = json.loads(in_demo(root, REPO / "launch/eval.py", "--task", "qvhighlights",
+        "--predictions", str(qvh), "--annotations", f"{DATA}/highlight_val_release.jsonl",
+        "--partial"))  # fmt: skip
+    assert scored == hl
+
+
+def test_evaluation_notebook_runs_headless(demo_run, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = demo_run[0]
+    out = tmp_path / "nb"
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("TEMPURA_CHECKPOINT", str(root / CKPT))
+    monkeypatch.setenv("TEMPURA_DATA", str(root / DATA))
+    monkeypatch.setenv("TEMPURA_EVAL_OUT", str(out))
+    monkeypatch.setenv("TEMPURA_EVAL_LIMIT", "4")
+    nb = nbformat.read(REPO / "notebooks/evaluate.ipynb", as_version=4)
+    client = NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    )
+    client.execute()
+    for name in ("timeline.png", "iou_histogram.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    metrics = json.loads((out / "notebook_metrics.json").read_text())
+    assert metrics["dvc"]["videos"] == 4 and metrics["charades"]["queries"] == 4
 
 
 def test_train_step_bench_tiny(tmp_path):
