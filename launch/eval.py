@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tempura_jax import infer  # noqa: E402
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -43,12 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--partial", action="store_true", help="score only the queries predicted")
     p.add_argument("--limit", type=int, help="run only the first N queries (implies --partial)")
     p.add_argument("--no-captions", action="store_true", help="dvc: skip caption metrics")
-    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, help="default: per task")
-    p.add_argument("--tokenizer")
-    p.add_argument("--dtype")
-    p.add_argument("--attention", default="xla")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="data config keys")
+    infer.add_model_arguments(p)
     return p
 
 
@@ -70,7 +68,6 @@ def resume_rows(path: Path) -> list[dict]:
 def run(args, bench, videos: Path) -> None:
     from tqdm import tqdm
 
-    from tempura_jax import infer
     from tempura_jax.generate import SamplingConfig
 
     cases = bench.cases(args.annotations, videos, args.ext)[: args.limit]
@@ -80,15 +77,8 @@ def run(args, bench, videos: Path) -> None:
     if not todo:
         return
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens or bench.max_new_tokens)
-    predictor = infer.load(
-        args.checkpoint,
-        tokenizer=args.tokenizer,
-        data_overrides=args.overrides,
-        sampling=sampling,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        attention_impl=args.attention,
-    )
+    args.batch_size = min(args.batch_size, len(todo))  # no idle copies in a short run
+    predictor = infer.load_from_arguments(args, sampling)
     context = bench.context(args.annotations)
     args.predictions.parent.mkdir(parents=True, exist_ok=True)
     failed = 0

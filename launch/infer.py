@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tempura_jax import tasks  # noqa: E402
+from tempura_jax import infer, tasks  # noqa: E402
 
 
 def _pair(text: str | None) -> list[float] | None:
@@ -41,22 +41,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--query", default="")
     p.add_argument("--mask", help="START,END seconds blanked (masked task)")
     p.add_argument("--clip", help="START,END seconds of the video to use")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's)")
     p.add_argument("--out", help="append JSON lines here instead of stdout")
-    p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", help="float32 or bfloat16 (default: float32 on CPU)")
-    p.add_argument("--attention", default="xla", help="attention impl (auto, xla, ...)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="data config keys")
+    infer.add_model_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from tempura_jax import infer
     from tempura_jax.generate import SamplingConfig
 
     try:
@@ -72,15 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             top_p=args.top_p,
             seed=args.seed,
         )
-        predictor = infer.load(
-            args.checkpoint,
-            tokenizer=args.tokenizer,
-            data_overrides=args.overrides,
-            sampling=sampling,
-            batch_size=args.batch_size,
-            dtype=args.dtype,
-            attention_impl=args.attention,
-        )
+        args.batch_size = max(1, min(args.batch_size, len(cases)))  # no idle copies
+        predictor = infer.load_from_arguments(args, sampling)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -277,3 +277,24 @@ def load(
     dtype = dtype or default_compute_dtype()
     model = load_pretrained(path, dtype=dtype, compute_dtype=dtype, attention_impl=attention_impl)
     return Predictor(model, Tokenizer(tok_dir), data, sampling or SamplingConfig(), batch_size)
+
+
+def add_model_arguments(p) -> None:
+    """The command-line flags of `load` (launch/infer.py and launch/eval.py)."""
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", help="float32 or bfloat16 (default: float32 on CPU)")
+    p.add_argument("--attention", default="xla", help="attention impl (auto, xla, ...)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="data config keys")
+
+
+def load_from_arguments(args, sampling: SamplingConfig) -> Predictor:
+    return load(
+        args.checkpoint,
+        tokenizer=args.tokenizer,
+        data_overrides=args.overrides,
+        sampling=sampling,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        attention_impl=args.attention,
+    )

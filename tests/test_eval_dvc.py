@@ -141,5 +141,5 @@ def test_dvc_scoring_reads_ver_records(tmp_path):
 def test_read_rows_names_the_line(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"id": 1}\n\n[1]\n')
-    with pytest.raises(ValueError, match="p.jsonl:3: expected an object"):
+    with pytest.raises(ValueError, match="p.jsonl:3: expected a JSON object"):
         benchmarks.read_rows(path)

@@ -12,7 +12,6 @@ evaluator's `{qid, query, vid, pred_relevant_windows, pred_saliency_scores}`
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from tempura_jax.data.events import Event, parse_events
 from tempura_jax.data.records import load_records
 from tempura_jax.eval import charades, dvc, qvhighlights
+from tempura_jax.eval.jsonl import read_objects
 from tempura_jax.eval.parsing import parse_windows
 from tempura_jax.infer import Case, Prediction
 
@@ -200,15 +200,4 @@ def get(name: str) -> Benchmark:
 
 def read_rows(path: Path) -> list[dict]:
     """A prediction file (JSON lines); a bad line is an error naming file:line."""
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected an object")
-        rows.append(row)
-    return rows
+    return read_objects(path)

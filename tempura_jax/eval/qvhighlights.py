@@ -22,13 +22,14 @@ order, so the last bit of a mean may differ).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tempura_jax.eval.jsonl import read_objects
 
 CLIP_SECONDS = 2.0
 IOU_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
@@ -53,22 +54,7 @@ def read_jsonl(path: str | Path, what: str) -> list[dict]:
     check = {"ground_truth": check_ground_truth, "submission": check_prediction}.get(what)
     if check is None:
         raise ValueError(f"what must be 'ground_truth' or 'submission', not {what!r}")
-    records = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"bad JSON ({e})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-            check(record)
-        except ValueError as e:
-            raise ValueError(f"{path}:{i}: {e}") from None
-        records.append(record)
-    return records
+    return read_objects(path, check)
 
 
 def check_ground_truth(record: dict) -> None:
