@@ -207,6 +207,8 @@ def test_eval_runs_resumes_and_scores_on_the_demo(demo_run, tmp_path):
     assert scored == hl
 
 
+# The kernel client's event loop closes after the kernel: a harmless warning at teardown.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_evaluation_notebook_runs_headless(demo_run, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
