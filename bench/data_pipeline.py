@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"1080p": (1080, 1920), "360p": (360, 640)}
 
@@ -31,8 +33,6 @@ SIZES = {"1080p": (1080, 1920), "360p": (360, 640)}
 def make_videos(folder: Path, seconds: float, fps: float, sizes) -> dict[str, str]:
     """Moving shapes over a textured background: realistic enough that the
     decoder does real work, cheap to generate."""
-    import numpy as np
-
     sys.path.insert(0, str(ROOT))
     from tempura_jax.data.video_io import write_video
 
@@ -62,14 +62,26 @@ def make_videos(folder: Path, seconds: float, fps: float, sizes) -> dict[str, st
 
 
 def ours(video: str, mode: str, pixels: int, fps: float) -> int:
+    """The training pipeline's own path: ExampleBuilder.frames (timeline,
+    sampling, decode, stamp and resize each frame as it is decoded) and
+    patchify, without the tokenizer."""
     sys.path.insert(0, str(ROOT))
-    from tempura_jax.data.media import Sampling, read_clip
-    from tempura_jax.data.processor import PixelConfig, process_frames
-    from tempura_jax.data.stamp import stamp
+    from tempura_jax.data.config import DataConfig
+    from tempura_jax.data.media import Sampling
+    from tempura_jax.data.processor import PixelConfig, patchify
+    from tempura_jax.data.records import Record
+    from tempura_jax.data.sample import ExampleBuilder
 
-    clip = read_clip(video, Sampling(fps=fps, max_frames=10_000))
-    frames = [stamp(f, float(t)) for f, t in zip(clip.frames, clip.times, strict=True)]
-    rows, grid = process_frames(frames, PixelConfig(pixels, pixels), as_video=mode == "video")
+    cfg = DataConfig(
+        sampling=Sampling(fps=fps, max_frames=10_000),
+        pixels=PixelConfig(pixels, pixels),
+        visual_mode=mode,
+        task="free",
+    )
+    rec = Record(source=f"{video}#0", media=video, turns=(("user", "describe"),))
+    frames, _, _ = ExampleBuilder(cfg, None, None).frames(rec, resize=True)
+    rows, grid = patchify(np.stack(frames), cfg.pixels, cfg.as_video)
+    assert rows.shape[1] == 1176
     return len(frames)
 
 

@@ -57,3 +57,15 @@ def test_size_and_off():
     assert stamp(frame, 1.0, StampConfig(enabled=False)) is frame
     with pytest.raises(ValueError, match="position"):
         StampConfig(position="middle")
+
+
+def test_cached_rendering_is_shared_and_read_only():
+    """The box for a text is rendered once per frame size; stamping in place
+    twice gives the same pixels and never writes into the cached box."""
+    a, b = grey(v=10), grey(v=250)
+    stamp(a, 4.0, inplace=True)
+    stamp(b, 4.0, inplace=True)
+    x0, y0, x1, y1 = stamp_box(320, 180, "4.0", StampConfig())
+    np.testing.assert_array_equal(a[y0:y1, x0:x1], b[y0:y1, x0:x1])
+    a[y0:y1, x0:x1] = 77  # the frame owns its pixels; the cache is unaffected
+    np.testing.assert_array_equal(stamp(grey(), 4.0)[y0:y1, x0:x1], b[y0:y1, x0:x1])

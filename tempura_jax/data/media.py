@@ -261,56 +261,65 @@ def timeline(path: str | Path, clip=None, sampling: Sampling = Sampling()) -> Ti
 def _decode_video(tl: Timeline, idx: np.ndarray, sampling: Sampling, on_frame: Callable) -> list:
     """Decode the frames at `idx`, in order, calling `on_frame(k, rgb)` on each.
 
-    Exact shortcuts: packets of unsampled frames are decoded with
-    `skip_frame=NONREF`, so the decoder drops them when no other frame refers
-    to them; and when the next sampled frame's keyframe lies beyond what has
-    been decoded, the reader seeks to that keyframe instead of decoding the gap
-    (sparse sampling of long videos)."""
+    Exact shortcuts, each checked bit for bit against a full decode:
+    - packets of unsampled frames are decoded with `skip_frame=NONREF`, so the
+      decoder drops them when no other frame refers to them;
+    - when the next sampled frame's keyframe lies beyond the packets read so
+      far, the reader drains the decoder (the frames whose packets are in are
+      complete: a frame's references precede it in decode order) and seeks to
+      that keyframe, instead of decoding the gap and the reorder delay."""
     import av
 
     targets = [int(tl.keys[i]) for i in idx]
     wanted = {p: k for k, p in enumerate(targets)}
     out: list = [None] * len(idx)
+    fed = np.zeros(len(idx), bool)
     container, stream = _open_video(tl.path, sampling.decode_threads)
     ctx = stream.codec_context
     kfs = tl.keyframes
-    done, position, last_seek = 0, None, None  # delivered; last decoded pts; last seek
 
     def keyframe_before(pts: int) -> int | None:
         k = np.searchsorted(kfs, pts, side="right") - 1
         return int(kfs[k]) if k >= 0 else None
 
-    def worth_seeking(keyframe: int | None) -> bool:
-        return keyframe is not None and keyframe != last_seek and keyframe > position
+    def deliver(frames) -> None:
+        for frame in frames:
+            j = wanted.get(frame.pts) if frame.pts is not None else None
+            if j is not None and out[j] is None:
+                out[j] = on_frame(j, frame.to_ndarray(format="rgb24"))
 
+    first = 0  # the earliest sampled frame whose packet has not been read
     try:
-        while done < len(targets):
-            keyframe = keyframe_before(targets[done])
-            if position is None or worth_seeking(keyframe):
-                last_seek = keyframe if keyframe is not None else targets[done]
-                container.seek(last_seek, stream=stream)
-                ctx.flush_buffers()
-            skipping = None
+        while first < len(targets):
+            keyframe = keyframe_before(targets[first])
+            seek_to = keyframe if keyframe is not None else targets[first]
+            container.seek(seek_to, stream=stream)
+            ctx.flush_buffers()
+            reached, skipping, ended = -math.inf, None, True  # reached: largest pts read
             for packet in container.demux(stream):
-                skip = sampling.skip_nonref and packet.pts is not None and packet.pts not in wanted
-                if skip != skipping:
-                    ctx.skip_frame = "NONREF" if skip else "DEFAULT"
-                    skipping = skip
-                for frame in stream.decode(packet):
-                    if frame.pts is None:
-                        continue
-                    position = frame.pts if position is None else max(position, frame.pts)
-                    j = wanted.get(frame.pts)
-                    if j is not None and out[j] is None:
-                        out[j] = on_frame(j, frame.to_ndarray(format="rgb24"))
-                while done < len(targets) and out[done] is not None:
-                    done += 1
-                if done == len(targets):
+                if packet.pts is not None:
+                    j = wanted.get(packet.pts)
+                    skip = sampling.skip_nonref and j is None
+                    if skip != skipping:
+                        ctx.skip_frame = "NONREF" if skip else "DEFAULT"
+                        skipping = skip
+                    if j is not None:
+                        fed[j] = True
+                    reached = max(reached, packet.pts)
+                deliver(stream.decode(packet))
+                if fed[first]:
+                    while first < len(targets) and fed[first]:
+                        first += 1
+                    if first == len(targets):
+                        ended = False
+                        break
+                    keyframe = keyframe_before(targets[first])
+                if keyframe is not None and keyframe != seek_to and keyframe > reached:
+                    ended = False
                     break
-                if position is not None and worth_seeking(keyframe_before(targets[done])):
-                    break  # cheaper to seek to the next sampled frame's keyframe
-            else:
-                break  # end of stream
+            if ended:
+                break  # the demuxer has flushed the decoder at the end of the stream
+            deliver(stream.decode(None))
     except av.FFmpegError as e:
         raise MediaError(f"{tl.path}: corrupt video ({type(e).__name__}: {e})") from e
     finally:

@@ -89,7 +89,9 @@ def resize_frame(frame: np.ndarray, cfg: PixelConfig) -> np.ndarray:
     th, tw = target_size(frame.shape[0], frame.shape[1], cfg)
     if (th, tw) == frame.shape[:2]:
         return frame
-    return np.asarray(Image.fromarray(frame).resize((tw, th), Image.BICUBIC))
+    image = Image.new("RGB", (frame.shape[1], frame.shape[0]), None)  # None: not zero-filled
+    image.frombytes(np.ascontiguousarray(frame))
+    return np.asarray(image.resize((tw, th), Image.BICUBIC))
 
 
 def resize(frames: list[np.ndarray], cfg: PixelConfig) -> np.ndarray:
@@ -108,6 +110,9 @@ def patchify(
     Images: every frame is one image (repeated to the temporal patch size),
     one grid row each. Video: consecutive frames are paired into temporal
     patches (the last frame repeated when the count is odd), one grid row.
+    The uint8 values are put in row order first and normalised by one gather
+    through a (3 * 256,) table, channel c reading entries 256c..256c+255; an
+    image's repeat along the temporal patch is a copy of the float rows.
     """
     n, h, w, _ = resized.shape
     p, m, tp = cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size
@@ -115,22 +120,21 @@ def patchify(
     if as_video:
         if n % tp:
             resized = np.concatenate([resized, np.repeat(resized[-1:], tp - n % tp, 0)])
-        t = resized.shape[0] // tp
-        x = resized.reshape(t, tp, gh // m, m, p, gw // m, m, p, 3)
-        # -> (t, gh/m, gw/m, m, m, C, tp, p, p)
-        x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
+        t, k = resized.shape[0] // tp, tp
         grid = np.array([[t, gh, gw]], np.int64)
     else:
-        x = resized.reshape(n, 1, gh // m, m, p, gw // m, m, p, 3)
-        x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
-        x = np.broadcast_to(x, (*x.shape[:6], tp, p, p))
+        t, k = n, 1
         grid = np.tile(np.array([[1, gh, gw]], np.int64), (n, 1))
-    x = np.ascontiguousarray(x).reshape(-1, 3, tp * p * p)
-    lut = _lut(cfg)
-    rows = np.empty(x.shape, np.float32)
-    for c in range(3):
-        np.take(lut[c], x[:, c], out=rows[:, c])
-    return rows.reshape(-1, cfg.row_size), grid
+    x = resized.reshape(t, k, gh // m, m, p, gw // m, m, p, 3)
+    x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)  # (t, gh/m, gw/m, m, m, C, k, p, p)
+    idx = x.reshape(-1, 3, k * p * p).astype(np.intp)
+    idx += np.arange(0, 3 * 256, 256, dtype=np.intp)[:, None]
+    values = np.take(_lut(cfg).reshape(-1), idx)
+    if k < tp:
+        rows = np.empty((len(idx), 3, tp, p * p), np.float32)
+        rows[...] = values.reshape(len(idx), 3, k, p * p)
+        values = rows
+    return values.reshape(-1, cfg.row_size), grid
 
 
 def process_frames(

@@ -61,6 +61,21 @@ def stamp_box(width: int, height: int, text: str, cfg: StampConfig) -> tuple[int
     return x0, y0, min(width, x0 + w), min(height, y0 + h)
 
 
+@functools.lru_cache(maxsize=256)
+def _rendered(width: int, height: int, text: str, cfg: StampConfig):
+    """The drawn box and where it goes. Cached: every video of one width
+    shows the same texts ("0.0", "1.0", ...), and rendering a 1080p-sized
+    glyph costs more than the rest of the stamp."""
+    x0, y0, x1, y1 = stamp_box(width, height, text, cfg)
+    size = max(1, int(width * cfg.size))
+    pad = int(round(size * cfg.margin))
+    box = Image.new("RGB", (x1 - x0, y1 - y0))
+    ImageDraw.Draw(box).text((pad, pad), text, font=_font(cfg.font, size), fill=(255, 255, 255))
+    pixels = np.asarray(box)
+    pixels.flags.writeable = False
+    return (slice(y0, y1), slice(x0, x1)), pixels
+
+
 def stamp(
     frame: np.ndarray, t: float, cfg: StampConfig = StampConfig(), inplace: bool = False
 ) -> np.ndarray:
@@ -69,13 +84,7 @@ def stamp(
     if not cfg.enabled:
         return frame
     height, width = frame.shape[:2]
-    text = cfg.format.format(t=t)
-    x0, y0, x1, y1 = stamp_box(width, height, text, cfg)
-    size = max(1, int(width * cfg.size))
-    pad = int(round(size * cfg.margin))
-    # Render only the box (cheap on 1080p frames), then paste it.
-    box = Image.new("RGB", (x1 - x0, y1 - y0))
-    ImageDraw.Draw(box).text((pad, pad), text, font=_font(cfg.font, size), fill=(255, 255, 255))
+    where, pixels = _rendered(width, height, cfg.format.format(t=t), cfg)
     out = frame if inplace else frame.copy()
-    out[y0:y1, x0:x1] = np.asarray(box)
+    out[where] = pixels
     return out
