@@ -121,12 +121,20 @@ def child(impl: str, video: str, mode: str, pixels: int, fps: float, repeats: in
     }
 
 
-def run_child(python: str, impl: str, video: str, mode: str, a) -> dict:
-    """The best of `a.trials` fresh child processes (the least disturbed run),
-    with every trial's throughput listed."""
-    trials = [_run_child(python, impl, video, mode, a) for _ in range(a.trials)]
-    best = max(trials, key=lambda r: r["frames_per_core_s"])
-    return {**best, "trials_frames_per_core_s": [t["frames_per_core_s"] for t in trials]}
+def run_trials(runs: dict[str, tuple[str, str, str]], video: str, a) -> dict[str, dict]:
+    """`a.trials` rounds, each running every implementation once in a fresh
+    child process (interleaved, so drift in machine load hits all of them
+    alike); each keeps its best round (the least disturbed), every round's
+    throughput listed."""
+    trials: dict[str, list[dict]] = {name: [] for name in runs}
+    for _ in range(a.trials):
+        for name, (python, impl, mode) in runs.items():
+            trials[name].append(_run_child(python, impl, video, mode, a))
+    out = {}
+    for name, rs in trials.items():
+        best = max(rs, key=lambda r: r["frames_per_core_s"])
+        out[name] = {**best, "trials_frames_per_core_s": [r["frames_per_core_s"] for r in rs]}
+    return out
 
 
 def _run_child(python: str, impl: str, video: str, mode: str, a) -> dict:
@@ -169,7 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--fps", type=float, default=1.0, help="sampling rate (TEMPURA: 1)")
     p.add_argument("--pixels", type=int, default=320 * 180, help="min = max pixels (TEMPURA)")
     p.add_argument("--repeats", type=int, default=2, help="reads of each video per child")
-    p.add_argument("--trials", type=int, default=3, help="child processes; the best is kept")
+    p.add_argument("--trials", type=int, default=3, help="rounds of fresh child processes; the best is kept")
     p.add_argument("--sizes", default=",".join(SIZES), help="comma list of " + ", ".join(SIZES))
     p.add_argument("--no-reference", action="store_true", help="ours only (no reference env)")
     p.add_argument("--out", default=None)
@@ -187,14 +195,13 @@ def main(argv=None) -> int:
     results = []
     for name, video in videos.items():
         ref_name = "reference (qwen-vl-utils + Qwen2VLImageProcessor, video)"
-        rows = {
-            "ours (frames mode, TEMPURA default)": run_child(
-                sys.executable, "ours", video, "frames", a
-            ),
-            "ours (video mode)": run_child(sys.executable, "ours", video, "video", a),
+        runs = {
+            "ours (frames mode, TEMPURA default)": (sys.executable, "ours", "frames"),
+            "ours (video mode)": (sys.executable, "ours", "video"),
         }
         if not a.no_reference:
-            rows[ref_name] = run_child(a.ref_python, "reference", video, "video", a)
+            runs[ref_name] = (a.ref_python, "reference", "video")
+        rows = run_trials(runs, video, a)
         for impl, r in rows.items():
             if ref_name in rows:
                 ref = rows[ref_name]["frames_per_core_s"]

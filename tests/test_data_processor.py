@@ -28,7 +28,7 @@ def test_images_equal_hf_processor(size, min_pixels, max_pixels):
     rows, grid = process_frames(frames, PixelConfig(min_pixels=min_pixels, max_pixels=max_pixels))
     np.testing.assert_array_equal(grid, ref["image_grid_thw"])
     assert rows.shape == ref["pixel_values"].shape and rows.dtype == np.float32
-    assert np.abs(rows - ref["pixel_values"]).max() <= 1e-5
+    np.testing.assert_array_equal(rows, ref["pixel_values"])  # the same float32 arithmetic
 
 
 @pytest.mark.parametrize("n_frames", [4, 5])
@@ -44,7 +44,30 @@ def test_video_equals_hf_processor(n_frames):
         ref = hf(images=None, videos=[frames], return_tensors="np")
     rows, grid = process_frames(frames, cfg, as_video=True)
     np.testing.assert_array_equal(grid, ref["video_grid_thw"])  # odd counts repeat the last frame
-    assert np.abs(rows - ref["pixel_values_videos"]).max() <= 1e-5
+    np.testing.assert_array_equal(rows, ref["pixel_values_videos"])
+
+
+@pytest.mark.parametrize("as_video", [False, True])
+def test_odd_patch_area_equals_hf_processor(as_video):
+    """A 7-pixel patch (49 values, odd) takes the padded path of the
+    two-values-per-gather normalisation."""
+    from transformers import Qwen2VLImageProcessor
+
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(0, 256, (90, 130, 3), dtype=np.uint8) for _ in range(3)]
+    cfg = PixelConfig(min_pixels=1000, max_pixels=20_000, patch_size=7)
+    hf = Qwen2VLImageProcessor(min_pixels=1000, max_pixels=20_000, patch_size=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = (
+            hf(images=None, videos=[frames], return_tensors="np")
+            if as_video
+            else hf(images=frames, return_tensors="np")
+        )
+    rows, grid = process_frames(frames, cfg, as_video=as_video)
+    key = "pixel_values_videos" if as_video else "pixel_values"
+    np.testing.assert_array_equal(grid, ref["video_grid_thw" if as_video else "image_grid_thw"])
+    np.testing.assert_array_equal(rows, ref[key])
 
 
 def test_smart_resize_equals_hf():

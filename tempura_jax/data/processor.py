@@ -9,6 +9,7 @@ channel: the same float32 arithmetic as the processor), then patch rows of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -102,6 +103,17 @@ def resize(frames: list[np.ndarray], cfg: PixelConfig) -> np.ndarray:
     return np.stack([resize_frame(f, cfg) for f in frames])
 
 
+@functools.lru_cache(maxsize=8)
+def _pair_lut(cfg: PixelConfig) -> np.ndarray:
+    """(3 * 65536,) int64: entry 65536c + u holds the two float32 values of
+    channel c for the byte pair whose native uint16 is u, so one gather
+    normalises two pixels (half the gathers of a byte table)."""
+    first, second = np.arange(65536, dtype=np.uint16).view(np.uint8).reshape(-1, 2).T
+    lut = _lut(cfg)
+    pairs = np.stack([lut[:, first], lut[:, second]], axis=-1)  # (3, 65536, 2) float32
+    return np.ascontiguousarray(pairs).reshape(-1).view(np.int64)
+
+
 def patchify(
     resized: np.ndarray, cfg: PixelConfig, as_video: bool
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -110,9 +122,8 @@ def patchify(
     Images: every frame is one image (repeated to the temporal patch size),
     one grid row each. Video: consecutive frames are paired into temporal
     patches (the last frame repeated when the count is odd), one grid row.
-    The uint8 values are put in row order first and normalised by one gather
-    through a (3 * 256,) table, channel c reading entries 256c..256c+255; an
-    image's repeat along the temporal patch is a copy of the float rows.
+    The uint8 values are put in row order first, then normalised two at a
+    time through `_pair_lut`; an image's temporal repeat copies float rows.
     """
     n, h, w, _ = resized.shape
     p, m, tp = cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size
@@ -127,14 +138,16 @@ def patchify(
         grid = np.tile(np.array([[1, gh, gw]], np.int64), (n, 1))
     x = resized.reshape(t, k, gh // m, m, p, gw // m, m, p, 3)
     x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)  # (t, gh/m, gw/m, m, m, C, k, p, p)
-    idx = x.reshape(-1, 3, k * p * p).astype(np.intp)
-    idx += np.arange(0, 3 * 256, 256, dtype=np.intp)[:, None]
-    values = np.take(_lut(cfg).reshape(-1), idx)
-    if k < tp:
-        rows = np.empty((len(idx), 3, tp, p * p), np.float32)
-        rows[...] = values.reshape(len(idx), 3, k, p * p)
-        values = rows
-    return values.reshape(-1, cfg.row_size), grid
+    x = np.ascontiguousarray(x).reshape(-1, 3, k * p * p)
+    if x.shape[-1] % 2:  # odd patch area: pad one byte, dropped below
+        x = np.concatenate([x, np.zeros((*x.shape[:2], 1), np.uint8)], axis=-1)
+    idx = np.add(x.view(np.uint16), np.arange(0, 3 * 65536, 65536)[:, None], dtype=np.intp)
+    values = np.take(_pair_lut(cfg), idx).view(np.float32)[..., : k * p * p]
+    if k == tp and values.flags.c_contiguous:
+        return values.reshape(-1, cfg.row_size), grid
+    rows = np.empty((len(values), 3, tp, p * p), np.float32)
+    rows[...] = values.reshape(len(values), 3, k, p * p)
+    return rows.reshape(-1, cfg.row_size), grid
 
 
 def process_frames(
