@@ -74,6 +74,8 @@ def test_data_bench_tiny(tmp_path):
         "3",
         "--repeats",
         "1",
+        "--trials",
+        "1",
         "--videos-dir",
         str(tmp_path / "v"),
         "--out",
