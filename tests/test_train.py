@@ -164,19 +164,53 @@ def test_meshes_match_one_device(train_data, tiny_init, tmp_path, single_device_
 
 # -- separate processes: exact resume, preemption, two processes ---------------------------
 
+BAD_RECORDS = 4  # two fail validation when loaded, two when their example is built
+
+
+@pytest.fixture(scope="module")
+def with_bad_records(train_data):
+    """Overrides adding a file of bad records to the training data: the runs
+    below skip them, and every run must count the same skips at every step
+    (after a resume, and summed over processes)."""
+    root = Path(train_data["media_root"])
+    good = json.loads(Path(train_data["stage2"]).read_text())[0]
+    real = root / "bad_source.mp4"
+    from tempura_jax.data.video_io import write_video
+
+    write_video(real, [np.full((36, 64, 3), 9 * i, np.uint8) for i in range(24)], fps=8)
+    (root / "bad_corrupt.mp4").write_bytes(real.read_bytes()[:600])  # truncated
+    human = good["conversations"][0]
+    overlap = "From 0.0 to 2.5 seconds, a.\n\nFrom 0.5 to 3.0 seconds, b."
+    overlapping = [human, {"from": "gpt", "value": overlap}]
+    bad = [
+        {"video": good["video"], "conversations": [human]},  # no assistant turn
+        {"video": good["video"], "conversations": [{**human, "from": "robot"}]},
+        {"video": "bad_corrupt.mp4", "conversations": good["conversations"]},
+        {"video": "bad_source.mp4", "conversations": overlapping},
+    ]
+    path = root / "bad_records.json"
+    path.write_text(json.dumps(bad))
+    files = f"{train_data['stage1']},{train_data['stage2']},{path}"
+    return (f"data.data={files}", "data.max_skip_fraction=0.5")
+
+
 RUN_ARGS = ("max_steps=5", "checkpoint.every=2", "checkpoint.keep=2")
 
 
 @pytest.fixture(scope="module")
-def reference(train_data, tiny_init, tmp_path_factory):
+def reference(train_data, tiny_init, tmp_path_factory, with_bad_records):
     """An uninterrupted single-process run (one CPU device, 2 x 2 accumulation)."""
     workdir = tmp_path_factory.mktemp("reference")
-    finish(launch(run_args(train_data, tiny_init, workdir, *RUN_ARGS)))
-    return metrics(workdir)
+    finish(launch(run_args(train_data, tiny_init, workdir, *RUN_ARGS, *with_bad_records)))
+    got = metrics(workdir)
+    assert got[5]["skipped_records"] == BAD_RECORDS  # 18 + 2 usable records in 5 steps of 4
+    return got
 
 
-def test_sigkill_then_resume_is_bit_identical(train_data, tiny_init, tmp_path, reference):
-    args = run_args(train_data, tiny_init, tmp_path, *RUN_ARGS)
+def test_sigkill_then_resume_is_bit_identical(
+    train_data, tiny_init, tmp_path, reference, with_bad_records
+):
+    args = run_args(train_data, tiny_init, tmp_path, *RUN_ARGS, *with_bad_records)
     proc = launch(args)
     wait_for_step(proc, tmp_path, 3)
     proc.send_signal(signal.SIGKILL)
@@ -190,11 +224,16 @@ def test_sigkill_then_resume_is_bit_identical(train_data, tiny_init, tmp_path, r
     for step in reference:
         assert got[step]["loss"] == reference[step]["loss"], step  # bit-identical
         assert got[step]["grad_norm"] == reference[step]["grad_norm"], step
+        assert got[step]["skipped_records"] == reference[step]["skipped_records"], step
     assert len(set(r["loss"] for r in reference.values())) == 5
 
 
-def test_sigterm_saves_a_complete_checkpoint(train_data, tiny_init, tmp_path, reference):
-    args = run_args(train_data, tiny_init, tmp_path, "checkpoint.every=100", "max_steps=5")
+def test_sigterm_saves_a_complete_checkpoint(
+    train_data, tiny_init, tmp_path, reference, with_bad_records
+):
+    args = run_args(
+        train_data, tiny_init, tmp_path, "checkpoint.every=100", "max_steps=5", *with_bad_records
+    )
     proc = launch(args)
     wait_for_step(proc, tmp_path, 2)
     proc.send_signal(signal.SIGTERM)
@@ -217,13 +256,14 @@ def test_sigterm_saves_a_complete_checkpoint(train_data, tiny_init, tmp_path, re
     assert [got[s]["loss"] for s in sorted(got)] == [reference[s]["loss"] for s in sorted(got)]
 
 
-def test_two_processes_equal_one(train_data, tiny_init, tmp_path, reference):
+def test_two_processes_equal_one(train_data, tiny_init, tmp_path, reference, with_bad_records):
     """Two gloo processes (one device each, a 2-way data mesh, no accumulation)
-    log the losses of the single-process run (2 x 2 accumulation)."""
+    log the losses of the single-process run (2 x 2 accumulation), and count
+    the records skipped by both."""
     import portpicker
 
     port = portpicker.pick_unused_port()
-    args = run_args(train_data, tiny_init, tmp_path, *RUN_ARGS)
+    args = run_args(train_data, tiny_init, tmp_path, *RUN_ARGS, *with_bad_records)
     procs = [
         launch(
             [
@@ -245,6 +285,7 @@ def test_two_processes_equal_one(train_data, tiny_init, tmp_path, reference):
     for step in reference:
         np.testing.assert_allclose(got[step]["loss"], reference[step]["loss"], rtol=1e-5)
         np.testing.assert_allclose(got[step]["grad_norm"], reference[step]["grad_norm"], rtol=1e-5)
+        assert got[step]["skipped_records"] == reference[step]["skipped_records"], step
     assert (tmp_path / "checkpoints" / "5" / "data" / "process_1-of-2.json").exists()
 
 

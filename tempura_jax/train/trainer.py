@@ -192,6 +192,7 @@ class Trainer:
             self.data_cfg, self.model_cfg, Shard.from_jax(), rows_per_step=self.rows * self.accum
         )
         self.pad_id = Tokenizer(self.data_cfg.tokenizer).pad_id
+        self.skipped = 0  # records skipped by all processes, as of the last batch
         self.total_steps = cfg.epochs * self.dataset.steps_per_epoch
         self.run_steps = min(self.total_steps, cfg.max_steps or self.total_steps)
         if self.total_steps < 1:
@@ -299,12 +300,23 @@ class Trainer:
         if not is_right_padded(local["segment_ids"]):  # what `model_inputs` states
             raise ValueError("batch rows are not one sample followed by padding")
         flops = batch_flops(local, self.model_cfg, *self.passes)
+        self.skipped = self.dataset.skips.skipped
         if jax.process_count() > 1:
-            mine = np.array([local["input_ids"].shape[1], local["pixel_values"].shape[1], flops])
+            # One gather: the bucket shape, the FLOPs and the records skipped
+            # (each process counts those of its own shard) of every process.
+            mine = np.array(
+                [
+                    local["input_ids"].shape[1],
+                    local["pixel_values"].shape[1],
+                    flops,
+                    self.skipped,
+                ]
+            )
             every = multihost_utils.process_allgather(mine)
             seq, patches = int(every[:, 0].max()), int(every[:, 1].max())
             local = repad(local, seq, patches, self.pad_id)
             flops = float(every[:, 2].sum())
+            self.skipped = int(every[:, 3].sum())
         shardings = batch_shardings(local, self.mesh)
         arrays = {
             k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()
@@ -426,7 +438,7 @@ class Trainer:
             "step_time": dt,
             "data_time": data_time,
             "tokens_per_s": int(m["tokens"]) / dt,
-            "skipped_records": self.dataset.skips.skipped,
+            "skipped_records": self.skipped,  # all processes
         }
         rec["mfu"] = flops / (dt * self.peak * n_dev) if self.peak else None
         return rec
