@@ -64,10 +64,12 @@ def config(demo, init, workdir, *extra):
 
 
 def metrics(workdir: Path) -> dict[int, dict]:
-    """The last record logged for each step (a resumed run re-logs steps)."""
+    """The record logged for each step; a step logged twice is an error (a
+    resumed run drops the records after its checkpoint before it logs)."""
     out = {}
     for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
+        assert rec["step"] not in out and rec["step"] > max(out, default=0), rec["step"]
         out[rec["step"]] = rec
     return out
 
@@ -108,8 +110,11 @@ def wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: flo
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"run ended early: {proc.stderr.read()[-3000:]}")
-        if path.exists() and max(metrics(workdir), default=0) >= step:
-            return
+        try:
+            if path.exists() and max(metrics(workdir), default=0) >= step:
+                return
+        except json.JSONDecodeError:
+            pass  # a line being written
         time.sleep(0.2)
     raise AssertionError(f"step {step} not reached in {timeout} s")
 
@@ -405,3 +410,21 @@ def test_overrides_parse_by_type():
     assert cfg.max_steps is None and cfg.optim.freeze_llm is True
     with pytest.raises(overrides.OverrideError, match="is a group"):
         overrides.apply(cfg, ["optim=1"])
+
+
+def test_metrics_log_drops_steps_after_the_resume_point(tmp_path):
+    """A run killed after logging step 4 (mid-write of step 5) and resumed
+    from its step-2 checkpoint logs steps 3.. again: each step stays once."""
+    from tempura_jax.train.metrics import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": s}) + "\n" for s in (1, 2, 3, 4)))
+    with path.open("a") as f:
+        f.write('{"step": 5, "lo')  # cut off by the kill
+    log = MetricsLog(tmp_path, total_steps=6, start_step=2, tensorboard=False, progress=False)
+    for s in (3, 4):
+        log.write({"step": s, "loss": 10 * s})
+    log.close()
+    assert [json.loads(line)["loss"] for line in path.open()] == [1, 2, 30, 40]
+    MetricsLog(tmp_path, total_steps=6, start_step=4, tensorboard=False, progress=False).close()
+    assert len(path.read_text().splitlines()) == 4  # nothing to drop: left as it was

@@ -1,11 +1,12 @@
 """Where step metrics go: `WORKDIR/metrics.jsonl` (one JSON object per
-logged step, appended across resumes), TensorBoard scalars and a progress
-bar. Only process 0 writes."""
+logged step, each step once across resumes), TensorBoard scalars and a
+progress bar. Only process 0 writes."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ class MetricsLog:
         if not enabled:
             return
         workdir.mkdir(parents=True, exist_ok=True)
-        self._file = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        path = workdir / "metrics.jsonl"
+        _drop_after(path, start_step)
+        self._file = open(path, "a")  # noqa: SIM115 - closed in close()
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -68,6 +71,27 @@ class MetricsLog:
         for obj in (self._bar, self._tb, self._file):
             if obj is not None:
                 obj.close()
+
+
+def _drop_after(path: Path, step: int) -> None:
+    """A resumed run logs again the steps after its checkpoint: drop the
+    records of those steps (and a line cut off by a kill) so that the file
+    holds each step once, like TensorBoard's purge_step. Atomic rewrite."""
+    if not path.exists():
+        return
+    keep, changed = [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            stale = int(json.loads(line)["step"]) > step
+        except (ValueError, KeyError, TypeError):
+            stale = True
+        changed |= stale
+        if not stale:
+            keep.append(line + "\n")
+    if changed:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def _clean(v: Any) -> Any:
