@@ -92,6 +92,29 @@ def test_kernel_forward_and_backward_lower_natively(impl, shape, on_platform):
 
 
 @pytest.mark.parametrize("impl", list(NATIVE))
+def test_kernel_under_a_mesh_lowers_natively(impl, on_platform):
+    """Under a (data, fsdp, tensor) mesh the kernel runs per device in a
+    shard_map; the 8-device program still holds the three native kernels."""
+    from tempura_jax.sharding import make_mesh
+
+    chosen = on_platform(impl)
+
+    def loss(q, k, v, seg):
+        out = attn.attention(q, k, v, segment_ids=seg, causal=True, impl=impl)
+        return out.astype(jnp.float32).sum()
+
+    args = spec((4, 256, 8, 128)), spec((4, 256, 2, 128)), spec((4, 256, 2, 128))
+    with jax.set_mesh(make_mesh((2, 2, 2))):
+        platform = NATIVE[impl][0]
+        exported = export.export(
+            jax.jit(jax.grad(loss, argnums=(0, 1, 2))), platforms=[platform], disabled_checks=CHECKS
+        )(*args, spec((4, 256), jnp.int32))
+    assert exported.nr_devices == 8
+    assert custom_calls(exported.mlir_module())[NATIVE[impl][2]] == 3
+    assert [(b.name, interpret) for b, interpret in chosen] == [(impl, False)]
+
+
+@pytest.mark.parametrize("impl", list(NATIVE))
 @pytest.mark.parametrize("preset", ["tiny", "3b"])
 def test_model_gradient_lowers_with_kernels_everywhere(impl, preset, on_platform):
     """The training gradient of the whole model (abstract parameters: the 3B
