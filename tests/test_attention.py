@@ -134,6 +134,8 @@ def test_auto_selection_per_case():
     assert attn.select("auto", _case())[0].name == "pallas_gpu"  # windows / packed
     assert attn.select("auto", _case(dtype=jnp.float32))[0].name == "pallas_gpu"
     assert attn.select("auto", _case(sk=96))[0].name == "xla"  # cross lengths
+    odd = attn.Case((2, 63, 8, 128), (2, 63, 2, 128), jnp.bfloat16, True, True, True, "gpu")
+    assert attn.select("auto", odd)[0].name == "pallas_gpu"  # cuDNN training needs even
     tpu = attn.Case((1, 8, 2, 64), (1, 8, 2, 64), jnp.bfloat16, False, True, False, "tpu")
     assert attn.select("auto", tpu)[0].name == "splash"
     cpu = attn.Case((1, 8, 2, 64), (1, 8, 2, 64), jnp.float32, False, True, False, "cpu")

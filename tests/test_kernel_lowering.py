@@ -5,8 +5,10 @@ dispatcher told it runs there, the Pallas kernels lower through Triton (CUDA)
 and Mosaic (TPU) instead of interpret mode, so these tests catch what interpret
 mode cannot: ops without a Triton or Mosaic lowering, block shapes the
 lowering rejects, and the kernels reaching every attention site of the
-training graph of the real 3B model. Compiling the kernel IR to device code
-still needs the device (bench/attention.py).
+training graph of the real 3B model. cuDNN attention lowers too once JAX's
+two hardware probes are answered; that is how its even-length rule was found.
+Compiling the kernel IR to device code still needs the device
+(bench/attention.py).
 """
 
 import collections
@@ -29,7 +31,9 @@ NATIVE = {
     "pallas_gpu": ("cuda", "gpu", "__gpu$xla.gpu.triton"),
     "splash": ("tpu", "tpu", "tpu_custom_call"),
 }
-CHECKS = [export.DisabledSafetyCheck.custom_call(t) for _, _, t in NATIVE.values()]
+CUDNN = ("__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward")
+TARGETS = (*(t for _, _, t in NATIVE.values()), *CUDNN)
+CHECKS = [export.DisabledSafetyCheck.custom_call(t) for t in TARGETS]
 
 
 def lower(fn, impl, *args) -> str:
@@ -59,6 +63,19 @@ def on_platform(monkeypatch):
         return chosen
 
     return set_platform
+
+
+@pytest.fixture
+def cudnn_probes(monkeypatch):
+    """JAX asks the CUDA runtime for the cuDNN version and the compute
+    capability when it lowers cuDNN attention: answer as an H100 with cuDNN
+    9.1 would (skipped on a JAX whose probes are named otherwise)."""
+    fused = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+    for name in ("check_cudnn_version", "check_compute_capability"):
+        if not hasattr(fused, name):
+            pytest.skip(f"this JAX has no {name} to answer")
+    monkeypatch.setattr(fused, "check_cudnn_version", lambda: 91000)
+    monkeypatch.setattr(fused, "check_compute_capability", lambda capability: True)
 
 
 def spec(shape, dtype=jnp.bfloat16):
@@ -121,15 +138,41 @@ def test_model_gradient_lowers_with_kernels_everywhere(impl, preset, on_platform
     is never materialised): every vision block and decoder layer runs the
     native kernel, none falls back to the XLA reference."""
     chosen = on_platform(impl)
-    cfg = (tiny() if preset == "tiny" else qwen2_5_vl_3b()).replace(
-        attention_impl=impl, compute_dtype="bfloat16", param_dtype="bfloat16"
-    )
+    cfg = model_config(preset, impl)
+    module = lower_model_gradient(cfg, NATIVE[impl][0])
+    sites = cfg.vision.depth + cfg.text.num_hidden_layers
+    assert [(b.name, interpret) for b, interpret in chosen] == [(impl, False)] * sites
+    calls = custom_calls(module)[NATIVE[impl][2]]
+    # Pallas GPU kernels are inlined at each site (forward, dq, dk/dv); splash
+    # kernels are jitted functions, lowered once per shape (vision, decoder).
+    assert calls == 3 * (sites if impl == "pallas_gpu" else 2), calls
+
+
+def test_auto_on_gpu_takes_cudnn_for_the_decoder_and_pallas_for_vision(cudnn_probes, on_platform):
+    chosen = on_platform("pallas_gpu")
+    cfg = model_config("3b", "auto")
+    calls = custom_calls(lower_model_gradient(cfg, "cuda"))
+    vision, decoder = cfg.vision.depth, cfg.text.num_hidden_layers
+    picked = [b.name for b, _ in chosen]
+    assert picked == ["pallas_gpu"] * vision + ["cudnn"] * decoder, picked
+    assert calls[NATIVE["pallas_gpu"][2]] == 3 * vision
+    assert [calls[t] for t in CUDNN] == [decoder, decoder], calls
+
+
+def model_config(preset: str, impl: str):
+    cfg = tiny() if preset == "tiny" else qwen2_5_vl_3b()
+    return cfg.replace(attention_impl=impl, compute_dtype="bfloat16", param_dtype="bfloat16")
+
+
+def lower_model_gradient(cfg, platform: str) -> str:
+    """The parameter gradient of a mean-logit loss on one right-padded row
+    with two 196x336 frames (windows split them), lowered for `platform`."""
     graphdef, params = nnx.split(abstract_model(cfg))
-    grids = np.array([[1, 14, 24], [1, 14, 24]])  # two 196x336 frames, windows split them
+    grids = np.array([[1, 14, 24], [1, 14, 24]])
     per_frame = int(grids[0].prod()) // cfg.vision.spatial_merge_size**2
     frame = [cfg.vision_start_token_id] + [cfg.image_token_id] * per_frame
     row = [5, 6, *frame, cfg.vision_end_token_id, *frame, cfg.vision_end_token_id, 7, 8]
-    ids = np.zeros((1, len(row) + 13), np.int64)
+    ids = np.zeros((1, len(row) + 14), np.int64)  # even: a bucket length
     mask = np.zeros_like(ids)
     ids[0, : len(row)], mask[0, : len(row)] = row, 1
     pixels = np.zeros((int(grids.prod(-1).sum()), 1176), np.float32)
@@ -140,10 +183,21 @@ def test_model_gradient_lowers_with_kernels_everywhere(impl, preset, on_platform
         model = nnx.merge(graphdef, p)
         return model.logits(model.forward(inputs)).astype(jnp.float32).mean()
 
-    module = lower(jax.grad(loss), impl, params, inputs)
-    sites = cfg.vision.depth + cfg.text.num_hidden_layers
-    assert [(b.name, interpret) for b, interpret in chosen] == [(impl, False)] * sites
-    calls = custom_calls(module)[NATIVE[impl][2]]
-    # Pallas GPU kernels are inlined at each site (forward, dq, dk/dv); splash
-    # kernels are jitted functions, lowered once per shape (vision, decoder).
-    assert calls == 3 * (sites if impl == "pallas_gpu" else 2), calls
+    exported = export.export(jax.jit(jax.grad(loss)), platforms=[platform], disabled_checks=CHECKS)
+    return exported(params, inputs).mlir_module()
+
+
+def test_cudnn_lowers_for_the_decoder(cudnn_probes, monkeypatch):
+    """cuDNN flash: auto's first GPU choice for right-padded decoder rows."""
+    monkeypatch.setattr(attn, "platform", lambda: "gpu")
+
+    def loss(q, k, v, seg):
+        out = attn.attention(q, k, v, segment_ids=seg, causal=True, impl="auto", right_padded=True)
+        return out.astype(jnp.float32).sum()
+
+    exported = export.export(
+        jax.jit(jax.grad(loss, argnums=(0, 1, 2))), platforms=["cuda"], disabled_checks=CHECKS
+    )(spec((2, 1000, 16, 128)), spec((2, 1000, 2, 128)), spec((2, 1000, 2, 128)),
+      spec((2, 1000), jnp.int32))  # fmt: skip
+    calls = custom_calls(exported.mlir_module())
+    assert [calls[t] for t in CUDNN] == [1, 1], calls

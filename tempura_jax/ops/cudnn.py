@@ -26,6 +26,10 @@ def unsupported(q: jax.Array, k: jax.Array, has_segments: bool, right_padded: bo
         return "segment ids other than right padding (windows, frames or packed rows)"
     if q.shape[1] != k.shape[1]:
         return "query and key lengths differ"
+    if q.shape[1] % 2:
+        # JAX rejects odd lengths for cuDNN's masked training kernels at trace
+        # time; the data pipeline's buckets are even, a user's max_seq_len may not be.
+        return f"odd sequence length {q.shape[1]}"
     return None
 
 
