@@ -10,18 +10,28 @@ FLOPs from `tempura_jax.train.flops`, the same count for both sides).
 
     python bench/train_step.py                      # GPU: 3B shapes, attention auto vs xla
     python bench/train_step.py --size tiny --frames 4 --steps 2   # CPU check
+
+Each side (torch, then JAX per attention implementation) runs in its own
+process with the whole device; the results file is rewritten after each, and
+a side that fails (the dense `xla` reference out of memory, say) is recorded
+with its error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# The parent only reads the device kind; children take the device one at a time.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -154,6 +164,46 @@ def run_torch(cfg, ids, labels, pixels, grid, batch: int, steps: int, warmup: in
     return {"step_time": float(np.median(times)), "loss": lv, "attention": attn, "device": device}
 
 
+def child(args) -> dict:
+    """One side in this (fresh) process: `torch` or `jax:<attention_impl>`."""
+    cfg, ids, labels, pixels, grid, batch_np, dtype = setup(args)
+    side, _, impl = args.child.partition(":")
+    if side == "torch":
+        return run_torch(cfg, ids, labels, pixels, grid, args.batch, args.steps, args.warmup, dtype)
+    return run_jax(cfg.replace(attention_impl=impl), batch_np, args.steps, args.warmup)
+
+
+def setup(args):
+    on_cpu = jax.default_backend() == "cpu"
+    dtype = args.dtype if args.dtype != "auto" else ("float32" if on_cpu else "bfloat16")
+    hw = tuple(int(x) for x in args.frame_hw.split(","))
+    cfg = SIZES[args.size]().replace(
+        param_dtype="float32",
+        compute_dtype=dtype,
+        remat_decoder=args.remat,
+        remat_vision=args.remat,
+    )
+    ids, labels, pixels, grid = sample(cfg, args.frames, hw, 0)
+    batch_np = jax_batch(cfg, ids, labels, pixels, grid, args.batch)
+    return cfg, ids, labels, pixels, grid, batch_np, dtype
+
+
+def run_child(side: str, argv: list[str], timeout: float) -> dict:
+    """A side in a child process, so each starts with the whole device (JAX
+    keeps the memory it grew; a 3B step needs most of an 80 GB GPU) and an
+    out-of-memory or crash is recorded for that side only."""
+    cmd = [sys.executable, __file__, *argv, "--child", side]
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if r.returncode:
+        lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
+        return {"error": " | ".join(lines[-3:])[-1500:], "returncode": r.returncode}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="3b")
@@ -170,44 +220,36 @@ def main() -> None:
         help="comma list of attention_impl values to time (default: auto,xla; cpu: xla)",
     )
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per side")
     p.add_argument("--out", default=None, help="JSON results (default bench/results/...)")
-    args = p.parse_args()
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args, argv = p.parse_args(), sys.argv[1:]
+    if args.child:
+        print(json.dumps(child(args)))
+        return
 
     on_cpu = jax.default_backend() == "cpu"
-    dtype = args.dtype if args.dtype != "auto" else ("float32" if on_cpu else "bfloat16")
+    cfg, ids, _, _, _, batch_np, dtype = setup(args)
     hw = tuple(int(x) for x in args.frame_hw.split(","))
-    cfg = SIZES[args.size]().replace(
-        param_dtype="float32",
-        compute_dtype=dtype,
-        remat_decoder=args.remat,
-        remat_vision=args.remat,
-    )
-    ids, labels, pixels, grid = sample(cfg, args.frames, hw, 0)
-    batch_np = jax_batch(cfg, ids, labels, pixels, grid, args.batch)
     flops = batch_flops(batch_np, cfg)
     tokens = int(batch_np["input_ids"].size)
     kind = jax.devices()[0].device_kind
     peak = peak_flops(kind)
+    name = "cpu" if on_cpu else kind.lower().replace(" ", "_")
+    out = Path(
+        args.out or Path(__file__).parent / "results" / f"train_step_{args.size}_{name}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
 
     def summary(r: dict) -> dict:
+        if "error" in r:
+            return r
         t = r["step_time"]
-        return {
-            **r,
-            "tokens_per_s": tokens / t,
-            "mfu": flops / (t * peak) if peak else None,
-        }
+        return {**r, "tokens_per_s": tokens / t, "mfu": flops / (t * peak) if peak else None}
 
     impls = (args.attention or ("xla" if on_cpu else "auto,xla")).split(",")
-    by_impl = {
-        impl: summary(run_jax(cfg.replace(attention_impl=impl), batch_np, args.steps, args.warmup))
-        for impl in impls
-    }
-    results = {"jax": by_impl[impls[0]], "jax_by_attention": by_impl}
-    if not args.no_torch:
-        results["torch"] = summary(
-            run_torch(cfg, ids, labels, pixels, grid, args.batch, args.steps, args.warmup, dtype)
-        )
-        results["speedup"] = results["torch"]["step_time"] / results["jax"]["step_time"]
+    sides = ([] if args.no_torch else ["torch"]) + [f"jax:{impl}" for impl in impls]
+    results: dict = {"jax_by_attention": {}}
     record = {
         "what": "one training step (forward, backward, AdamW), batch per device, one device",
         "device": kind,
@@ -224,16 +266,27 @@ def main() -> None:
         "remat": args.remat,
         "steps_timed": args.steps,
         "warmup_steps": args.warmup,
-        "timing": "median step wall time after warm-up (compilation excluded)",
+        "timing": "median step wall time after warm-up (compilation excluded); "
+        "each side in its own process",
         "results": results,
     }
-    name = "cpu" if on_cpu else kind.lower().replace(" ", "_")
-    out = Path(
-        args.out or Path(__file__).parent / "results" / f"train_step_{args.size}_{name}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    for side in sides:
+        r = summary(run_child(side, argv, args.timeout))
+        print(f"{side}: {json.dumps(r)}", flush=True)
+        if side == "torch":
+            results["torch"] = r
+        else:
+            results["jax_by_attention"][side.split(":", 1)[1]] = r
+        results["jax"] = results["jax_by_attention"].get(impls[0], {"error": "not run"})
+        ok = [results.get("torch", {}), results["jax"]]
+        if all("step_time" in x for x in ok):
+            results["speedup"] = ok[0]["step_time"] / ok[1]["step_time"]
+        out.write_text(json.dumps(record, indent=2))  # after every side: partial runs keep
     print(json.dumps(record, indent=2))
+    # The reference attention running out of memory is a result; the main sides failing is not.
+    failed = [k for k in ("torch", "jax") if "error" in results.get(k, {})]
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}; see {out}")
 
 
 if __name__ == "__main__":

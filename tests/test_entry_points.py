@@ -247,11 +247,13 @@ def test_train_step_bench_tiny(tmp_path):
         "--warmup",
         "1",
         "--attention",
-        "xla,pallas_gpu",
+        "xla,pallas_gpu,flash",
         "--out",
         str(result),
     )
     rec = json.loads(result.read_text())
+    # Each side runs in its own process: one that fails is recorded, the rest run.
+    assert "unknown attention_impl 'flash'" in rec["results"]["jax_by_attention"]["flash"]["error"]
     jax_r, torch_r = rec["results"]["jax"], rec["results"]["torch"]
     by_impl = rec["results"]["jax_by_attention"]
     # The same step with the Pallas kernel (interpret mode here) gives the same loss.
