@@ -354,7 +354,8 @@ class Trainer:
         try:
             while step < self.run_steps:
                 t0 = time.perf_counter()
-                acc = self.fns.zeros(train)
+                # One micro-batch per step runs as one program (fns.step): no gradient sums.
+                acc = self.fns.zeros(train) if self.accum > 1 else None
                 flops, data_time = 0.0, 0.0
                 before = it.get_state()  # the data position this step starts from
                 try:
@@ -363,7 +364,8 @@ class Trainer:
                         batch, f = self._global_batch(next(it))
                         data_time += time.perf_counter() - d0
                         flops += f
-                        acc = self.fns.accumulate(train, frozen, acc, batch)
+                        if acc is not None:
+                            acc = self.fns.accumulate(train, frozen, acc, batch)
                 except Exception:
                     # SIGTERM sent to the process group also ends Grain's worker
                     # processes mid-step: save the state the step started from.
@@ -374,7 +376,10 @@ class Trainer:
                     out.message(f"SIGTERM during step {step + 1}: saved step {step}; exiting")
                     break
                 updates = int(meta["updates"])
-                train, opt_state, m = self.fns.apply(train, opt_state, acc)
+                if acc is None:
+                    train, opt_state, m = self.fns.step(train, frozen, opt_state, batch)
+                else:
+                    train, opt_state, m = self.fns.apply(train, opt_state, acc)
                 m = jax.device_get(m)
                 dt = time.perf_counter() - t0
                 step += 1
