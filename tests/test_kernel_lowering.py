@@ -83,9 +83,9 @@ def spec(shape, dtype=jnp.bfloat16):
 
 
 SHAPES = [
-    # (name, S, Hq, Hkv, D, causal): 3B decoder and vision heads, odd lengths
-    ("decoder", 1000, 16, 2, 128, True),
-    ("vision", 900, 16, 16, 80, False),
+    # (name, S, Hq, Hkv, D, causal): 3B decoder and vision heads, odd lengths (padded)
+    ("decoder", 999, 16, 2, 128, True),
+    ("vision", 901, 16, 16, 80, False),
 ]
 
 
