@@ -69,21 +69,13 @@ def vision_shapes(frames: int, hw: tuple[int, int], cfg: C.VisionConfig) -> list
     n = geo.num_patches
     side = cfg.window_merged * cfg.spatial_merge_size
     common = dict(heads=cfg.num_heads, kv_heads=cfg.num_heads, head_dim=cfg.head_dim)
+    segments = {
+        f"vision_windows_{side}x{side}_{n}": geo.window_segments,
+        f"vision_frames_{n}": geo.frame_segments,
+    }
     return [
-        Shape(
-            f"vision_windows_{side}x{side}_{n}",
-            causal=False,
-            segments=geo.window_segments,
-            right_padded=False,
-            **common,
-        ),  # fmt: skip
-        Shape(
-            f"vision_frames_{n}",
-            causal=False,
-            segments=geo.frame_segments,
-            right_padded=False,
-            **common,
-        ),  # fmt: skip
+        Shape(name, causal=False, segments=seg, right_padded=False, **common)
+        for name, seg in segments.items()
     ]
 
 
