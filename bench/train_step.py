@@ -123,13 +123,14 @@ def run_torch(cfg, ids, labels, pixels, grid, batch: int, steps: int, warmup: in
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tdtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
-    attn = "sdpa"
+    # Its best attention: flash-attn 2 where installed (CUDA only), else SDPA
+    # (whose CUDA backend is itself a flash kernel for bf16).
     try:
         import flash_attn  # noqa: F401
 
         attn = "flash_attention_2" if device == "cuda" else "sdpa"
     except ImportError:
-        pass
+        attn = "sdpa"
     hf = Qwen2_5_VLConfig(**C.to_hf_dict(cfg))
     # fp32 master weights and AdamW state with bf16 autocast: the JAX side's precision.
     model = Qwen2_5_VLForConditionalGeneration._from_config(
@@ -160,7 +161,13 @@ def run_torch(cfg, ids, labels, pixels, grid, batch: int, steps: int, warmup: in
         lv = float(loss.detach())
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return {"step_time": float(np.median(times)), "loss": lv, "attention": attn, "device": device}
+    return {
+        "step_time": float(np.median(times)),
+        "loss": lv,
+        "attention": attn,
+        "device": device,
+        "torch": torch.__version__,
+    }
 
 
 def child(args) -> dict:
@@ -240,9 +247,12 @@ def main() -> None:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    def summary(r: dict) -> dict:
+    def summary(side: str, r: dict) -> dict:
         if "error" in r:
             return r
+        if side == "torch" and not on_cpu and r.get("device") != "cuda":
+            # A CPU torch build next to a GPU JAX would "win" by a meaningless margin.
+            return {**r, "error": f"torch ran on {r.get('device')}, JAX on {kind}: not comparable"}
         t = r["step_time"]
         return {**r, "tokens_per_s": tokens / t, "mfu": flops / (t * peak) if peak else None}
 
@@ -270,7 +280,7 @@ def main() -> None:
         "results": results,
     }
     for side in sides:
-        r = summary(run_child(side, argv, args.timeout))
+        r = summary(side, run_child(side, argv, args.timeout))
         print(f"{side}: {json.dumps(r)}", flush=True)
         if side == "torch":
             results["torch"] = r
@@ -278,7 +288,7 @@ def main() -> None:
             results["jax_by_attention"][side.split(":", 1)[1]] = r
         results["jax"] = results["jax_by_attention"].get(impls[0], {"error": "not run"})
         ok = [results.get("torch", {}), results["jax"]]
-        if all("step_time" in x for x in ok):
+        if all("step_time" in x and "error" not in x for x in ok):
             results["speedup"] = ok[0]["step_time"] / ok[1]["step_time"]
         out.write_text(json.dumps(record, indent=2))  # after every side: partial runs keep
     print(json.dumps(record, indent=2))

@@ -2,8 +2,10 @@
 exact resume after SIGKILL, SIGTERM checkpoints, divergence, freezing and
 per-group schedules, on a tiny model and the demo data (CPU)."""
 
+import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -224,6 +226,9 @@ def test_sigkill_then_resume_is_bit_identical(
     assert killed_at < 5
     out = finish(launch(args))
     assert "finished at step 5" in out
+    # It resumed from the last complete checkpoint (every 2 steps), not from scratch.
+    resumed = re.search(r"resuming at step (\d+)", out)
+    assert resumed and 0 < int(resumed[1]) <= killed_at and int(resumed[1]) % 2 == 0, out
     got = metrics(tmp_path)
     assert sorted(got) == sorted(reference) == [1, 2, 3, 4, 5]
     for step in reference:
@@ -256,7 +261,8 @@ def test_sigterm_saves_a_complete_checkpoint(
     assert meta["step"] == step and meta["config"]["workdir"] == str(tmp_path)
     data = root / str(step) / checkpointing.DATA_ITEM / "process_0-of-1.json"
     assert "grain" in json.loads(data.read_text())
-    finish(launch(args))  # resumes from the preemption checkpoint and finishes
+    out = finish(launch(args))
+    assert f"resuming at step {step}" in out  # from the preemption checkpoint
     got = metrics(tmp_path)
     assert [got[s]["loss"] for s in sorted(got)] == [reference[s]["loss"] for s in sorted(got)]
 
@@ -428,3 +434,28 @@ def test_metrics_log_drops_steps_after_the_resume_point(tmp_path):
     assert [json.loads(line)["loss"] for line in path.open()] == [1, 2, 30, 40]
     MetricsLog(tmp_path, total_steps=6, start_step=4, tensorboard=False, progress=False).close()
     assert len(path.read_text().splitlines()) == 4  # nothing to drop: left as it was
+
+
+@pytest.mark.parametrize(
+    ("env", "tpu_vm", "auto", "joins"),
+    [
+        ({}, False, True, False),  # one machine: no cluster to join
+        ({}, True, True, True),  # a Cloud TPU VM host: JAX finds the slice itself
+        ({"SLURM_NTASKS": "4"}, False, True, True),
+        ({"SLURM_NTASKS": "4"}, False, False, False),  # dist.auto=false opts out
+    ],
+)
+def test_multi_host_auto_detection(monkeypatch, env, tpu_vm, auto, joins):
+    from tempura_jax.train import trainer
+    from tempura_jax.train.config import DistConfig
+
+    for k in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(trainer, "_on_tpu_vm", lambda: tpu_vm)
+    calls = []
+    monkeypatch.setattr(trainer.jax.distributed, "initialize", lambda *a: calls.append(a))
+    cfg = dataclasses.replace(configs.get("demo").get_config(1), dist=DistConfig(auto=auto))
+    trainer.init_distributed(cfg)
+    assert calls == ([()] if joins else [])

@@ -24,7 +24,7 @@ class ModelSetup:
     attention_impl: str = "xla"
     remat_decoder: str = "none"  # one of REMAT_POLICIES, per decoder layer
     remat_vision: str = "none"  # per vision block
-    loss_chunk: int = 1024  # tokens per logits block; 0 = full logits
+    loss_chunk: int = 1024  # sequence positions per logits block; 0 = full logits
 
     def __post_init__(self):
         for name in ("remat_decoder", "remat_vision"):

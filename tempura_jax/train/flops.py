@@ -76,7 +76,8 @@ def batch_flops(
     text_passes: float = 3.0,
     vision_passes: float = 3.0,
 ) -> float:
-    """Training FLOPs of one micro-batch (forward x passes per part)."""
+    """Training FLOPs of one micro-batch: each part's forward FLOPs times its
+    passes (`passes`), so a frozen part is not counted as trained."""
     t, v = cfg.text, cfg.vision
     text_p, vision_p = matmul_params(cfg)
     seg = batch["segment_ids"]
@@ -92,7 +93,6 @@ def batch_flops(
         len(full) * _segment_sq(batch["frame_segments"])
         + (v.depth - len(full)) * _segment_sq(batch["window_segments"])
     )
-    forward = (
-        2 * (text_p * tokens + vision_p * patches) + t.num_hidden_layers * text_attn + vis_attn
-    )
-    return 3.0 * forward
+    text_forward = 2 * text_p * tokens + t.num_hidden_layers * text_attn
+    vision_forward = 2 * vision_p * patches + vis_attn
+    return text_passes * text_forward + vision_passes * vision_forward

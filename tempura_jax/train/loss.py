@@ -1,8 +1,9 @@
-"""Next-token cross-entropy over assistant tokens, in chunks of tokens so the
-(tokens x vocab) logits never exist at once (the fused-linear-CE idea).
+"""Next-token cross-entropy over assistant tokens, in chunks of sequence
+positions so the (tokens x vocab) logits never exist at once (the
+fused-linear-CE idea).
 
 Each chunk's logits are recomputed in the backward pass (`jax.checkpoint`), so
-peak memory is one (chunk x vocab) fp32 block. The function returns the *sum*
+peak memory is one (local batch x chunk x vocab) fp32 block. The function returns the *sum*
 of token losses and the token count: dividing by the count of the whole global
 batch (all accumulation steps, all devices) gives the per-token mean the
 reference optimises.
@@ -37,21 +38,29 @@ def _nll_sum(logits: jax.Array, targets: jax.Array):
 
 
 def chunked_loss_sum(hidden: jax.Array, head: jax.Array, targets: jax.Array, chunk: int = 1024):
-    """Same value and gradient as `plain_loss_sum`, one (chunk, V) block at a time.
-    hidden (N, H) any float dtype, head (H, V), targets (N,) int with IGNORE."""
-    n, h = hidden.shape
-    chunk = max(1, min(chunk, n))
-    pad = (-n) % chunk
+    """Same value and gradient as `plain_loss_sum`, one (B, chunk, V) block at a
+    time. hidden (B, S, H) any float dtype, head (H, V), targets (B, S) int
+    with IGNORE.
+
+    The blocks run along the sequence, never across the batch, so a batch
+    sharded over devices stays sharded: each device computes only its own
+    rows' logits. The head is cast to the hidden dtype inside each block, so
+    its gradient is summed over blocks in the head's own (fp32) dtype."""
+    b, s, h = hidden.shape
+    chunk = max(1, min(chunk, s))
+    pad = (-s) % chunk
     if pad:
-        hidden = jnp.pad(hidden, ((0, pad), (0, 0)))
-        targets = jnp.pad(targets, (0, pad), constant_values=IGNORE)
-    hs = hidden.reshape(-1, chunk, h)
-    ts = targets.reshape(-1, chunk)
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)), constant_values=IGNORE)
+    n = (s + pad) // chunk
+    hs = hidden.reshape(b, n, chunk, h).swapaxes(0, 1)  # (n, B, chunk, H)
+    ts = targets.reshape(b, n, chunk).swapaxes(0, 1)
 
     @jax.checkpoint
     def one(x, t):
-        logits = jnp.einsum("nh,hv->nv", x, head, preferred_element_type=jnp.float32)
-        return _nll_sum(logits, t)
+        w = head.astype(x.dtype)
+        logits = jnp.einsum("bch,hv->bcv", x, w, preferred_element_type=jnp.float32)
+        return _nll_sum(logits.reshape(-1, logits.shape[-1]), t.reshape(-1))
 
     def body(carry, xs):
         s, c = one(*xs)
@@ -63,9 +72,10 @@ def chunked_loss_sum(hidden: jax.Array, head: jax.Array, targets: jax.Array, chu
 
 def lm_loss_sum(hidden: jax.Array, head: jax.Array, labels: jax.Array, chunk: int | None = 1024):
     """(sum of token losses, token count) for (B, S, H) hidden states and (B, S)
-    unshifted labels; `chunk=None` uses the plain full-logits path."""
-    targets = shift_targets(labels).reshape(-1)
-    flat = hidden.reshape(-1, hidden.shape[-1])
+    unshifted labels; `chunk` sequence positions per logits block, `None` for
+    the plain full-logits path."""
+    targets = shift_targets(labels)
     if chunk is None:
-        return plain_loss_sum(flat, head, targets)
-    return chunked_loss_sum(flat, head, targets, chunk)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        return plain_loss_sum(flat, head.astype(hidden.dtype), targets.reshape(-1))
+    return chunked_loss_sum(hidden, head, targets, chunk)

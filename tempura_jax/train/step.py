@@ -108,8 +108,8 @@ class StepFns:
     def _loss(self, train: State, frozen: State, batch: dict) -> tuple[jax.Array, jax.Array]:
         model = nnx.merge(self.graphdef, train, frozen)
         hidden = model.forward(model_inputs(batch))
-        head = model.head_weight().astype(hidden.dtype)
-        return lm_loss_sum(hidden, head, batch["labels"], self.loss_chunk)
+        # The head stays in its master dtype: the loss casts it per block.
+        return lm_loss_sum(hidden, model.head_weight(), batch["labels"], self.loss_chunk)
 
     def _zeros(self, train: State) -> Accum:
         z = jnp.zeros((), jnp.int32)

@@ -55,6 +55,16 @@ def _in_cluster() -> bool:
     )
 
 
+def _on_tpu_vm() -> bool:
+    """A Cloud TPU VM: JAX finds the slice's other hosts (GCE metadata or GKE
+    variables) itself, so initialise even without a launcher's variables."""
+    try:
+        from jax._src.cloud_tpu_init import running_in_cloud_tpu_vm  # private; may move
+    except ImportError:
+        return False
+    return bool(running_in_cloud_tpu_vm)
+
+
 class TrainingDiverged(RuntimeError):
     """Too many non-finite steps in a row; the last good checkpoint is kept."""
 
@@ -77,7 +87,7 @@ def init_distributed(cfg: TrainConfig) -> None:
     if d.coordinator:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(d.coordinator, d.num_processes, d.process_id)
-    elif d.auto and _in_cluster():
+    elif d.auto and (_in_cluster() or _on_tpu_vm()):
         jax.distributed.initialize()
 
 
@@ -380,6 +390,7 @@ class Trainer:
                     train, opt_state, m = self.fns.step(train, frozen, opt_state, batch)
                 else:
                     train, opt_state, m = self.fns.apply(train, opt_state, acc)
+                    acc = None  # free the gradient sums before the next step makes its own
                 m = jax.device_get(m)
                 dt = time.perf_counter() - t0
                 step += 1
