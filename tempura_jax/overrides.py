@@ -19,6 +19,11 @@ class OverrideError(ValueError):
     pass
 
 
+def option(default: Any, help: str) -> Any:
+    """A config field with its meaning, which `describe` prints for --help."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -29,14 +34,20 @@ def _is_config(x: Any) -> bool:
 
 def leaves(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
     """(dotted key, type, value) for every leaf field."""
+    for key, tp, value, _ in documented_leaves(cfg, prefix):
+        yield key, tp, value
+
+
+def documented_leaves(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any, str]]:
+    """(dotted key, type, value, help) for every leaf field ("" if undocumented)."""
     hints = _hints(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         key = f"{prefix}{f.name}"
         if _is_config(value):
-            yield from leaves(value, key + ".")
+            yield from documented_leaves(value, key + ".")
         else:
-            yield key, hints[f.name], value
+            yield key, hints[f.name], value, f.metadata.get("help", "")
 
 
 def _parse(text: str, tp: Any, key: str) -> Any:
@@ -110,10 +121,13 @@ def _type_name(tp: Any) -> str:
 
 
 def describe(cfg: Any) -> str:
-    """One line per key: key, type, current value (for --help)."""
-    rows = [(k, _type_name(t), repr(v)) for k, t, v in leaves(cfg)]
-    width = max(len(k) for k, _, _ in rows)
-    return "\n".join(f"  {k:<{width}}  {v}   ({t})" for k, t, v in rows)
+    """Two lines per key (for --help): key, current value and type, then its meaning."""
+    rows = [(k, _type_name(t), repr(v), h) for k, t, v, h in documented_leaves(cfg)]
+    width = max(len(k) for k, *_ in rows)
+    return "\n".join(
+        f"  {k:<{width}}  {v}   ({t})" + (f"\n  {'':<{width}}    {h}" if h else "")
+        for k, t, v, h in rows
+    )
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import dataclasses
 from tempura_jax.data.media import Sampling
 from tempura_jax.data.processor import PixelConfig
 from tempura_jax.data.stamp import StampConfig
+from tempura_jax.overrides import option
 
 VISUAL_MODES = ("frames", "video")
 TASKS = ("auto", "dense", "masked", "free")
@@ -20,36 +21,52 @@ class DataConfig:
     the video, "masked" needs mask windows, "auto" picks per record (masked if
     it has windows), "free" checks nothing beyond the chat format."""
 
-    data: tuple[str, ...] = ()
-    media_root: str = "."
-    tokenizer: str = ""
+    data: tuple[str, ...] = option((), "VER-style JSON files (comma-separated)")
+    media_root: str = option(".", "folder the records' video paths are relative to")
+    tokenizer: str = option("", "local HF tokenizer directory")
     sampling: Sampling = Sampling()
     stamp: StampConfig = StampConfig()
     pixels: PixelConfig = PixelConfig()
-    visual_mode: str = "frames"
-    task: str = "auto"
-    blank_masked: bool = True  # black frames inside masked windows (the reference forgot)
-    stamp_masked: bool = True  # still draw the time on blanked frames
-    mask_fps: float = 1.0  # frame rate of masked_start_end_frame_idxs
-    event_tolerance: float = 1.0  # seconds of slack for event checks
-    system_prompt: str | None = "You are a helpful assistant."
-    max_seq_len: int = 8192
-    seq_bucket_min: int = 256
-    seq_bucket_growth: float = 1.5
-    patch_bucket_min: int = 1024
-    patch_bucket_growth: float = 1.25
-    batch_size: int = 1  # per process
-    seed: int = 0
-    shuffle: bool = True
-    num_epochs: int | None = 1  # None repeats forever
-    # Examples are built by `read_threads` threads (decoding, resizing and
-    # tokenising release the GIL) in each of `workers` processes (0: this one).
-    read_threads: int = 4
-    workers: int = 0
-    prefetch: int = 2  # batches buffered per worker process
-    max_skip_fraction: float = 0.05
-    skip_log: str | None = None  # JSON lines, one per skipped record
-    pixel_dtype: str = "float32"  # or "bfloat16": half the host-to-device bytes
+    visual_mode: str = option(
+        "frames", "frames: one image block per frame (TEMPURA); video: one Qwen video block"
+    )
+    task: str = option("auto", "auto | dense | masked | free: which checks a record must pass")
+    blank_masked: bool = option(True, "black frames inside masked windows (the reference forgot)")
+    stamp_masked: bool = option(True, "still draw the time on blanked frames")
+    mask_fps: float = option(1.0, "frame rate of masked_start_end_frame_idxs")
+    event_tolerance: float = option(1.0, "seconds of slack for event checks")
+    system_prompt: str | None = option(
+        "You are a helpful assistant.",
+        "the system turn of Qwen's chat template; None leaves it out",
+    )
+    max_seq_len: int = option(
+        8192, "longest sequence; a longer sample drops frames first, never target tokens"
+    )
+    seq_bucket_min: int = option(256, "smallest padded sequence length")
+    seq_bucket_growth: float = option(
+        1.5, "ratio between padded sequence lengths (few shapes, few compiles)"
+    )
+    patch_bucket_min: int = option(1024, "smallest padded vision patch count")
+    patch_bucket_growth: float = option(1.25, "ratio between padded patch counts")
+    batch_size: int = option(1, "records per batch per process (training sets it from batch.*)")
+    seed: int = option(0, "shuffle seed")
+    shuffle: bool = option(True, "reshuffle the records every epoch")
+    num_epochs: int | None = option(
+        1, "passes over the records; None repeats forever (training sets it from epochs)"
+    )
+    read_threads: int = option(
+        4,
+        "threads building examples per process (decode, resize, tokenise release the GIL)",
+    )
+    workers: int = option(0, "Grain worker processes; 0 builds examples in this process")
+    prefetch: int = option(2, "batches buffered per worker process")
+    max_skip_fraction: float = option(
+        0.05, "fail the run when more than this share of records is skipped"
+    )
+    skip_log: str | None = option(
+        None, "JSON lines file, one line per skipped record and its reason"
+    )
+    pixel_dtype: str = option("float32", "float32 or bfloat16 (half the host-to-device bytes)")
 
     def __post_init__(self):
         if self.visual_mode not in VISUAL_MODES:

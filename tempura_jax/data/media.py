@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from tempura_jax.overrides import option
+
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 FRAME_NAME = re.compile(r"^(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 _EPS = 1e-6
@@ -38,14 +40,20 @@ class Sampling:
     the whole clip (a lower effective fps), "head" keeps the first ones (for
     inference on a prefix), "error" rejects the video."""
 
-    fps: float = 1.0
-    num_frames: int | None = None
-    max_frames: int = 64
-    min_frames: int = 2
-    too_long: str = "uniform"
-    folder_fps: float = 1.0  # the rate at which a frame folder's <idx>.jpg were stored
-    decode_threads: int = 1
-    skip_nonref: bool = True  # let the decoder drop unsampled non-reference frames (exact)
+    fps: float = option(1.0, "frames sampled per second (TEMPURA: 1)")
+    num_frames: int | None = option(
+        None, "sample N frames uniformly instead (TinyLLaVA-Video); overrides fps"
+    )
+    max_frames: int = option(64, "most frames per video; more are handled by too_long")
+    min_frames: int = option(
+        2, "fewest frames a sample may be cut to when it does not fit max_seq_len"
+    )
+    too_long: str = option(
+        "uniform", "uniform: spread max_frames over the clip; head: keep the first; error: reject"
+    )
+    folder_fps: float = option(1.0, "the rate at which a frame folder's <idx>.jpg were stored")
+    decode_threads: int = option(1, "decoder threads per video")
+    skip_nonref: bool = option(True, "let the decoder drop unsampled non-reference frames (exact)")
 
     def __post_init__(self):
         if self.num_frames is None and not self.fps > 0:

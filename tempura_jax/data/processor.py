@@ -15,6 +15,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from tempura_jax.overrides import option
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -24,13 +26,13 @@ class PixelConfig:
     """Defaults are TEMPURA's: min = max = 320*180 pixels, so a 16:9 frame
     becomes 336x196 (12x7 merged tokens)."""
 
-    min_pixels: int = 320 * 180
-    max_pixels: int = 320 * 180
-    patch_size: int = 14
-    merge_size: int = 2
-    temporal_patch_size: int = 2
-    mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
+    min_pixels: int = option(320 * 180, "smart_resize's lower pixel budget per frame")
+    max_pixels: int = option(320 * 180, "smart_resize's upper pixel budget per frame")
+    patch_size: int = option(14, "vision patch side in pixels")
+    merge_size: int = option(2, "patches merged per side into one LLM token")
+    temporal_patch_size: int = option(2, "frames per temporal patch (an image is repeated)")
+    mean: tuple[float, float, float] = option(CLIP_MEAN, "per-channel normalisation mean (CLIP)")
+    std: tuple[float, float, float] = option(CLIP_STD, "per-channel normalisation std (CLIP)")
 
     def __post_init__(self):
         if not 0 < self.min_pixels <= self.max_pixels:

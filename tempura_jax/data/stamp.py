@@ -15,17 +15,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tempura_jax.overrides import option
+
 POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 
 @dataclasses.dataclass(frozen=True)
 class StampConfig:
-    enabled: bool = True
-    format: str = "{t:.1f}"
-    size: float = 0.1  # font size as a fraction of the frame width
-    position: str = "top-left"
-    margin: float = 0.1  # box padding around the text, as a fraction of the font size
-    font: str | None = None  # a .ttf path; None = DejaVu Sans Bold
+    enabled: bool = option(True, "draw each frame's time on it before resizing")
+    format: str = option("{t:.1f}", "the text, formatted with t = seconds")
+    size: float = option(0.1, "font size as a fraction of the frame width")
+    position: str = option("top-left", "top-left | top-right | bottom-left | bottom-right")
+    margin: float = option(0.1, "box padding around the text, as a fraction of the font size")
+    font: str | None = option(None, "a .ttf path; None = DejaVu Sans Bold")
 
     def __post_init__(self):
         if self.position not in POSITIONS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from tempura_jax.data.config import DataConfig
+from tempura_jax.overrides import option
 from tempura_jax.train.optim import OptimConfig
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -18,13 +19,27 @@ class ModelSetup:
     """`init`: an HF directory (config.json + safetensors) or a tempura-jax
     checkpoint (a step directory or a run's checkpoint root: its latest step)."""
 
-    init: str = ""
-    param_dtype: str = "float32"  # master weights and optimiser state
-    compute_dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU/TPU
-    attention_impl: str = "xla"
-    remat_decoder: str = "none"  # one of REMAT_POLICIES, per decoder layer
-    remat_vision: str = "none"  # per vision block
-    loss_chunk: int = 1024  # sequence positions per logits block; 0 = full logits
+    init: str = option(
+        "",
+        "HF directory or tempura-jax checkpoint (a step, or a run's checkpoints/: its latest)",
+    )
+    param_dtype: str = option("float32", "master weights and optimiser state")
+    compute_dtype: str = option(
+        "auto", "activations and matmuls; auto: float32 on CPU, bfloat16 on GPU/TPU"
+    )
+    attention_impl: str = option(
+        "xla",
+        "auto | xla | cudnn | pallas_gpu | splash (one dispatcher: tempura_jax.ops.attention)",
+    )
+    remat_decoder: str = option(
+        "none", "rematerialisation per decoder layer: none | full | dots | dots_no_batch"
+    )
+    remat_vision: str = option(
+        "none", "rematerialisation per vision block: none | full | dots | dots_no_batch"
+    )
+    loss_chunk: int = option(
+        1024, "sequence positions per fp32 logits block in the loss; 0 = full logits"
+    )
 
     def __post_init__(self):
         for name in ("remat_decoder", "remat_vision"):
@@ -39,8 +54,12 @@ class BatchConfig:
     A step sees `global_size` records; the loss is the mean over every
     assistant token of all of them (all devices, all accumulation steps)."""
 
-    global_size: int = 64
-    per_device: int = 2
+    global_size: int = option(
+        64, "records per optimiser step, over all devices and accumulation steps"
+    )
+    per_device: int = option(
+        2, "records per device per micro-batch; accumulation makes up global_size"
+    )
 
     def accumulation(self, batch_shards: int) -> int:
         micro = self.per_device * batch_shards
@@ -59,8 +78,13 @@ class MeshConfig:
     fsdp (ZeRO-3-like); "zero2" replicates parameters and gradients and
     shards the optimiser state only."""
 
-    shape: tuple[int, int, int] = (-1, 1, 1)
-    layout: str = "fsdp"
+    shape: tuple[int, int, int] = option(
+        (-1, 1, 1), "(data, fsdp, tensor) device counts; one -1 takes the remaining devices"
+    )
+    layout: str = option(
+        "fsdp",
+        "fsdp: shard parameters, gradients, optimiser state (ZeRO-3); zero2: optimiser only",
+    )
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -71,9 +95,9 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = 500  # steps between saves (the last step is always saved)
-    keep: int = 3
-    async_save: bool = True
+    every: int = option(500, "steps between checkpoints (the last step is always saved)")
+    keep: int = option(3, "complete checkpoints kept; older ones are deleted")
+    async_save: bool = option(True, "write checkpoints in the background while training goes on")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,21 +106,29 @@ class DistConfig:
     `num_processes` (CPU runs use gloo collectives); on TPU pods and SLURM
     `auto` lets JAX find the cluster."""
 
-    coordinator: str | None = None
-    num_processes: int = 1
-    process_id: int = 0
-    auto: bool = True
-    cpu_devices: int | None = None  # simulated CPU devices in this process
+    coordinator: str | None = option(
+        None, "HOST:PORT of process 0: join a multi-process run (CPU runs use gloo)"
+    )
+    num_processes: int = option(1, "processes in a coordinator run")
+    process_id: int = option(0, "this process's index in a coordinator run")
+    auto: bool = option(True, "let jax.distributed find TPU slices, SLURM and MPI launches")
+    cpu_devices: int | None = option(
+        None, "simulated CPU devices in this process (tests, sharding checks)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    name: str = ""
-    stage: int = 1
-    workdir: str = "workdir/run"
-    seed: int = 0
-    epochs: int = 1
-    max_steps: int | None = None  # stop early (the schedule still spans `epochs`)
+    name: str = option("", "the config's name (set by its file under configs/)")
+    stage: int = option(1, "1: masked event prediction; 2: dense event captioning")
+    workdir: str = option(
+        "workdir/run", "checkpoints, metrics.jsonl and TensorBoard logs; a run resumes from here"
+    )
+    seed: int = option(
+        0, "the run's RNG key, saved with checkpoints (the data order uses data.seed)"
+    )
+    epochs: int = option(1, "passes over the data; the LR schedule spans them")
+    max_steps: int | None = option(None, "stop early (the schedule still spans `epochs`)")
     model: ModelSetup = ModelSetup()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
@@ -104,10 +136,12 @@ class TrainConfig:
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     dist: DistConfig = DistConfig()
-    log_every: int = 1
-    nan_patience: int = 5  # stop after this many non-finite steps in a row
-    tensorboard: bool = True
-    progress: bool = True
+    log_every: int = option(1, "steps between metrics.jsonl and TensorBoard records")
+    nan_patience: int = option(
+        5, "stop after this many non-finite steps in a row (last good checkpoint kept)"
+    )
+    tensorboard: bool = option(True, "write TensorBoard scalars under workdir")
+    progress: bool = option(True, "show a progress bar (process 0)")
 
     def replace(self, **kw) -> TrainConfig:
         return dataclasses.replace(self, **kw)

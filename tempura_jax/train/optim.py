@@ -16,6 +16,7 @@ import jax
 import optax
 from flax import nnx
 
+from tempura_jax.overrides import option
 from tempura_jax.sharding import path_keys
 
 GROUPS = ("vision", "merger", "llm")
@@ -24,19 +25,21 @@ NO_DECAY_LEAVES = ("scale", "bias")  # RMSNorm scales and biases
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    vision_lr: float = 2e-6
-    merger_lr: float = 1e-5
-    llm_lr: float = 1e-5
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    warmup_ratio: float = 0.03
-    min_lr_ratio: float = 0.0  # cosine decays to peak * min_lr_ratio
-    max_grad_norm: float = 1.0
-    freeze_vision_tower: bool = False
-    freeze_llm: bool = False
-    tune_merger: bool = True
+    vision_lr: float = option(2e-6, "peak LR of the vision tower (except the merger)")
+    merger_lr: float = option(1e-5, "peak LR of the merger")
+    llm_lr: float = option(1e-5, "peak LR of the decoder and head")
+    weight_decay: float = option(0.1, "AdamW decay, not on norms and biases")
+    b1: float = option(0.9, "AdamW beta1")
+    b2: float = option(0.999, "AdamW beta2")
+    eps: float = option(1e-8, "AdamW epsilon")
+    warmup_ratio: float = option(0.03, "share of the steps in linear warm-up")
+    min_lr_ratio: float = option(0.0, "cosine decays to peak LR x this")
+    max_grad_norm: float = option(1.0, "global-norm gradient clipping")
+    freeze_vision_tower: bool = option(
+        False, "no updates (and no optimiser state) for the vision tower"
+    )
+    freeze_llm: bool = option(False, "no updates (and no optimiser state) for the decoder and head")
+    tune_merger: bool = option(True, "train the merger (even with the tower frozen)")
 
     def lr(self, group: str) -> float:
         return {"vision": self.vision_lr, "merger": self.merger_lr, "llm": self.llm_lr}[group]
