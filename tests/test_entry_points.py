@@ -137,6 +137,9 @@ def test_train_both_stages_on_the_demo(demo_run):
         losses = [r["loss"] for r in rows]
         assert len(losses) >= 12
         assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
+        # Each stage starts its own schedule at step 1, warming up from zero
+        # (stage 2: stage 1's weights, a fresh optimiser and schedule).
+        assert rows[0]["step"] == 1 and rows[0]["lr_llm"] == 0.0 < rows[1]["lr_llm"]
     assert "already_finished" in train(2)  # a finished run is not redone
 
 

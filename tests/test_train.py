@@ -208,9 +208,18 @@ RUN_ARGS = ("max_steps=5", "checkpoint.every=2", "checkpoint.keep=2")
 def reference(train_data, tiny_init, tmp_path_factory, with_bad_records):
     """An uninterrupted single-process run (one CPU device, 2 x 2 accumulation)."""
     workdir = tmp_path_factory.mktemp("reference")
-    finish(launch(run_args(train_data, tiny_init, workdir, *RUN_ARGS, *with_bad_records)))
+    out = finish(launch(run_args(train_data, tiny_init, workdir, *RUN_ARGS, *with_bad_records)))
     got = metrics(workdir)
     assert got[5]["skipped_records"] == BAD_RECORDS  # 18 + 2 usable records in 5 steps of 4
+    # The start-up printout: the mesh and the resolved config.
+    assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 1}" in out and '"max_steps": 5' in out
+    # Saved at steps 2, 4 and the last one; checkpoint.keep=2 leaves the newest two.
+    ckpts = workdir / "checkpoints"
+    assert sorted(int(d.name) for d in ckpts.iterdir() if d.name.isdigit()) == [4, 5]
+    for r in got.values():
+        assert r["tokens"] > r["target_tokens"] > 0 and r["step_time"] > 0
+        assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["step_time"])
+        assert r["mfu"] is None  # no peak FLOP/s is known for a CPU
     return got
 
 
