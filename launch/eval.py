@@ -13,8 +13,10 @@
 Tasks: charades (charades_sta_test.txt; `--protocol first|any`), qvhighlights
 (highlight_val_release.jsonl; official submission rows), dvc (VER JSON dense
 records; `--videos` is their media root). A run resumes: ids already in
---predictions are skipped. The metrics go to stdout as one JSON object (and
-to --out); progress and logs go to stderr.
+--predictions are skipped. The metrics go to stdout as one JSON object and to
+--out (qvhighlights: the official detailed object, per IoU threshold, length
+range and saliency level, with the brief metrics under "brief"); progress and
+logs go to stderr.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="run the model first (else only score)")
     p.add_argument("--videos", type=Path, help="video folder (default: the annotations' folder)")
     p.add_argument("--ext", default=".mp4", help="video suffix after the id (charades, qvh)")
-    p.add_argument("--out", type=Path, help="also write the metrics JSON here")
+    p.add_argument(
+        "--out", type=Path, help="also write the metrics here (qvhighlights: the detailed ones)"
+    )
     p.add_argument("--protocol", default="first", choices=("first", "any"), help="charades")
     p.add_argument("--partial", action="store_true", help="score only the queries predicted")
     p.add_argument("--limit", type=int, help="run only the first N queries (implies --partial)")
@@ -119,14 +123,13 @@ def main(argv: list[str] | None = None) -> int:
             "partial": args.partial or args.limit is not None,
             "captions": not args.no_captions,
         }
-        metrics = bench.score(rows, args.annotations, videos, opts)
+        brief, detailed = benchmarks.scores(bench, rows, args.annotations, videos, opts)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = json.dumps(metrics, indent=2)
     if args.out:
-        write_atomic(args.out, text + "\n")
-    print(text, flush=True)
+        write_atomic(args.out, json.dumps(detailed, indent=2) + "\n")
+    print(json.dumps(brief, indent=2), flush=True)
     return 0
 
 

@@ -233,8 +233,18 @@ def test_qvhighlights_rows_are_official_submissions(tmp_path):
     assert row["qid"] == 7 and row["vid"] == "vid_a" and row["id"] == "7"
     assert row["pred_saliency_scores"] == [0.0, 2.0, 0.0, 0.0, 0.0]  # ceil(9 / 2) clips
     assert row["pred_relevant_windows"] == [[2.0, 4.0, 2.0]]
+    assert row["windows_from"] == "highlights"
     m = bench.score([row], ann, tmp_path, {})
     assert m["HL-min-VeryGood-Hit1"] == 100.0  # clip 1: every annotator gave 4
+    assert m["MR-windows"] == benchmarks.QVH_WINDOWS_NOTE
+    brief, detailed = benchmarks.scores(bench, [row], ann, tmp_path, {})
+    assert brief == m and detailed["brief"] == m
+    # [2, 4] vs the true [2, 6]: IoU 0.5, a hit at 0.5 only; a 4 s window is "short".
+    assert detailed["full"]["MR-R1"]["0.5"] == 100.0 and detailed["full"]["MR-R1"]["0.55"] == 0
+    assert detailed["short"]["queries"] == 1 and detailed["long"]["queries"] == 0
+    assert detailed["HL-min-Fair"] == {"HL-mAP": m["HL-min-Fair-mAP"], "HL-Hit1": 100.0}
+    external = {k: v for k, v in row.items() if k != "windows_from"}  # windows of its own
+    assert "MR-windows" not in bench.score([external], ann, tmp_path, {})
 
 
 def test_dvc_scoring_reads_ver_records(tmp_path):
