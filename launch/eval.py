@@ -13,17 +13,25 @@
 Tasks: charades (charades_sta_test.txt; `--protocol first|any`), qvhighlights
 (highlight_val_release.jsonl; official submission rows), dvc (VER JSON dense
 records; `--videos` is their media root). A run resumes: ids already in
---predictions are skipped. The metrics go to stdout as one JSON object (and
-to --out); progress and logs go to stderr.
+--predictions are skipped and rows that carry an `error` run again.
+<predictions>.meta.json records what produced them (checkpoint and a
+fingerprint of its files, task, annotations, sampling, data overrides, dtype,
+attention); a run with other settings refuses to resume (`--overwrite` starts
+over). The metrics go to stdout as one JSON object and to --out (qvhighlights:
+the official detailed object, per IoU threshold, length range and saliency
+level, with the brief metrics under "brief"); progress and logs go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,12 +48,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="run the model first (else only score)")
     p.add_argument("--videos", type=Path, help="video folder (default: the annotations' folder)")
     p.add_argument("--ext", default=".mp4", help="video suffix after the id (charades, qvh)")
-    p.add_argument("--out", type=Path, help="also write the metrics JSON here")
+    p.add_argument(
+        "--out", type=Path, help="also write the metrics here (qvhighlights: the detailed ones)"
+    )
     p.add_argument("--protocol", default="first", choices=("first", "any"), help="charades")
     p.add_argument("--partial", action="store_true", help="score only the queries predicted")
     p.add_argument("--limit", type=int, help="run only the first N queries (implies --partial)")
     p.add_argument("--no-captions", action="store_true", help="dvc: skip caption metrics")
     p.add_argument("--max-new-tokens", type=int, help="default: per task")
+    p.add_argument(
+        "--overwrite", action="store_true", help="discard --predictions and run every query again"
+    )
     infer.add_model_arguments(p)
     return p
 
@@ -65,18 +78,95 @@ def resume_rows(path: Path) -> list[dict]:
     return read_rows(path)
 
 
+def drop_failed_rows(path: Path) -> list[dict]:
+    """Rows without an `error`; failed rows are removed from the file so their
+    queries run again and the file keeps one row per id."""
+    rows = resume_rows(path)
+    good = [r for r in rows if "error" not in r]
+    if len(good) < len(rows):
+        print(f"{path}: retrying {len(rows) - len(good)} rows with an error", file=sys.stderr)
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in good))
+    return good
+
+
+def meta_path(predictions: Path) -> Path:
+    return predictions.with_name(predictions.name + ".meta.json")
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def checkpoint_identity(path: str) -> dict[str, str]:
+    """The step directory a run reads and a fingerprint of its files (names,
+    sizes, modification times; no reading of the weights), so retraining to the
+    same step still reads as a different checkpoint. Copying without times
+    does too: then `--overwrite`."""
+    from tempura_jax import checkpoint
+
+    root = Path(path).resolve()
+    if checkpoint.is_checkpoint(root):
+        root = checkpoint.step_dir(root).resolve()
+    h = hashlib.sha256()
+    for f in sorted(x for x in root.rglob("*") if x.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"checkpoint": str(root), "checkpoint_files": h.hexdigest()[:16]}
+
+
+def run_settings(args: argparse.Namespace, bench: Any, sampling: Any) -> dict[str, Any]:
+    """What decides the answers in --predictions (not batch size or --limit)."""
+    return {
+        "task": bench.name,
+        **checkpoint_identity(args.checkpoint),
+        "tokenizer": args.tokenizer,
+        "annotations": file_digest(args.annotations),
+        **{f"sampling.{k}": v for k, v in dataclasses.asdict(sampling).items()},
+        "data_overrides": list(args.overrides),
+        "dtype": args.dtype,
+        "attention": args.attention,
+    }
+
+
+def check_resume(predictions: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """Start over (`overwrite`), or resume only predictions made with `settings`;
+    records them for the next run."""
+    meta = meta_path(predictions)
+    settings = json.loads(json.dumps(settings))  # as read back: lists, not tuples
+    if overwrite:
+        predictions.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
+    has_rows = predictions.exists() and predictions.stat().st_size > 0
+    if has_rows and not meta.exists():
+        raise ValueError(
+            f"{predictions}: no {meta.name} says what made these predictions; "
+            "pass --overwrite to start over"
+        )
+    if has_rows:
+        saved = json.loads(meta.read_text())
+        diff = [k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
+        if diff:
+            said = "; ".join(f"{k}: {saved.get(k)!r} there, {settings.get(k)!r} now" for k in diff)
+            raise ValueError(
+                f"{predictions} was made with other settings ({said}); "
+                "pass --overwrite to start over, or another --predictions"
+            )
+    write_atomic(meta, json.dumps(settings, indent=2) + "\n")
+
+
 def run(args, bench, videos: Path) -> None:
     from tqdm import tqdm
 
     from tempura_jax.generate import SamplingConfig
 
     cases = bench.cases(args.annotations, videos, args.ext)[: args.limit]
-    done = {str(r.get("id")) for r in resume_rows(args.predictions)}
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens or bench.max_new_tokens)
+    check_resume(args.predictions, run_settings(args, bench, sampling), args.overwrite)
+    done = {str(r.get("id")) for r in drop_failed_rows(args.predictions)}
     todo = [c for c in cases if c.id not in done]
     print(f"{bench.name}: {len(cases)} queries, {len(cases) - len(todo)} done", file=sys.stderr)
     if not todo:
         return
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens or bench.max_new_tokens)
     args.batch_size = min(args.batch_size, len(todo))  # no idle copies in a short run
     predictor = infer.load_from_arguments(args, sampling)
     context = bench.context(args.annotations)
@@ -92,7 +182,10 @@ def run(args, bench, videos: Path) -> None:
             f.write(json.dumps(row) + "\n")
             f.flush()
     if failed:
-        print(f"{failed} queries could not be run (rows with 'error')", file=sys.stderr)
+        print(
+            f"{failed} queries could not be run (rows with 'error'; a rerun retries them)",
+            file=sys.stderr,
+        )
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -119,14 +212,13 @@ def main(argv: list[str] | None = None) -> int:
             "partial": args.partial or args.limit is not None,
             "captions": not args.no_captions,
         }
-        metrics = bench.score(rows, args.annotations, videos, opts)
+        brief, detailed = benchmarks.scores(bench, rows, args.annotations, videos, opts)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = json.dumps(metrics, indent=2)
     if args.out:
-        write_atomic(args.out, text + "\n")
-    print(text, flush=True)
+        write_atomic(args.out, json.dumps(detailed, indent=2) + "\n")
+    print(json.dumps(brief, indent=2), flush=True)
     return 0
 
 

@@ -5,7 +5,8 @@ The vision tower runs once, inside the prefill. Decoded tokens continue the
 M-RoPE ids at `cache slot + rope delta` (all three axes equal), which is what
 `rope_index` gives text after the last image. Sampling is greedy
 (temperature 0) or temperature + top-p from a seed; a row stops at its first
-stop id and then emits `pad_id`.
+stop id and then emits `pad_id`. Seed, temperature and top_p are traced, so a
+new value does not recompile.
 """
 
 from __future__ import annotations
@@ -46,20 +47,28 @@ class Generation:
         return [t[:n].tolist() for t, n in zip(self.tokens, self.lengths, strict=True)]
 
 
-def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:
-    """(B, V) float32 logits -> (B,) int32."""
-    if temperature == 0.0:
+def _nucleus(logits: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Logits outside the smallest prefix whose mass reaches top_p (always the top token)
+    set to -inf."""
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs
+    sorted_logits = jnp.where(before < top_p, sorted_logits, -jnp.inf)
+    return jnp.take_along_axis(sorted_logits, jnp.argsort(order, axis=-1), axis=-1)
+
+
+def sample_token(
+    logits: jax.Array, key: jax.Array, temperature: float | jax.Array, top_p: float | jax.Array
+) -> jax.Array:
+    """(B, V) float32 logits -> (B,) int32. A Python 0 temperature is greedy (no key
+    needed); otherwise temperature and top_p may be traced, so new values reuse the
+    compiled program, and the top-p sort runs only when top_p < 1."""
+    if isinstance(temperature, int | float) and temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / temperature
-    if top_p < 1.0:
-        order = jnp.argsort(-logits, axis=-1)
-        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        # Keep the smallest prefix whose mass reaches top_p (always the top token).
-        before = jnp.cumsum(probs, axis=-1) - probs
-        sorted_logits = jnp.where(before < top_p, sorted_logits, -jnp.inf)
-        inverse = jnp.argsort(order, axis=-1)
-        logits = jnp.take_along_axis(sorted_logits, inverse, axis=-1)
+    top_p = jnp.asarray(top_p, logits.dtype)
+    logits = jax.lax.cond(top_p < 1.0, _nucleus, lambda x, _: x, logits, top_p)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
@@ -71,16 +80,42 @@ def _check_left_padded(segment_ids: np.ndarray) -> None:
         raise ValueError("generation needs left-padded rows: padding only before the prompt")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """What of a SamplingConfig fixes shapes or control flow: a change recompiles.
+    Seed, temperature and top_p go in as arrays instead."""
+
+    max_new_tokens: int
+    greedy: bool
+    stop_ids: tuple[int, ...]
+    pad_id: int
+    suppress_ids: tuple[int, ...]
+
+
 def generate(
     model, inputs: ModelInputs, sampling: SamplingConfig, *, return_logits: bool = False
 ) -> Generation:
     """Generate after each (left-padded) prompt row of `inputs` (`prepare_inputs`)."""
     _check_left_padded(inputs.segment_ids)
+    if sampling.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {sampling.max_new_tokens}")
     deltas = rope_deltas(np.asarray(inputs.position_ids), np.asarray(inputs.segment_ids))
     graphdef, state = nnx.split(model)
+    static = _Static(
+        sampling.max_new_tokens,
+        sampling.temperature == 0.0,
+        tuple(sampling.stop_ids),
+        sampling.pad_id,
+        tuple(sampling.suppress_ids),
+    )
+    knobs = (
+        jax.random.key(sampling.seed),
+        jnp.float32(sampling.temperature),
+        jnp.float32(sampling.top_p),
+    )
     tokens, lengths, logits = _generate(
         graphdef, state, jax.tree.map(jnp.asarray, inputs), jnp.asarray(deltas[:, 0]),
-        sampling, return_logits,
+        knobs, static, return_logits,
     )  # fmt: skip
     return Generation(
         tokens=np.asarray(tokens),
@@ -89,50 +124,68 @@ def generate(
     )
 
 
-@partial(jax.jit, static_argnums=(0, 4, 5))
-def _generate(graphdef, state, inputs: ModelInputs, deltas, sampling: SamplingConfig, keep: bool):
+@partial(jax.jit, static_argnums=(0, 5, 6))
+def _generate(
+    graphdef,
+    state,
+    inputs: ModelInputs,
+    deltas: jax.Array,
+    knobs: tuple[jax.Array, jax.Array, jax.Array],
+    static: _Static,
+    keep: bool,
+):
+    """Prefill, pick the first token, then max_new_tokens - 1 steps of (forward the
+    last token, pick the next): no forward pass whose logits go unused."""
     model = nnx.merge(graphdef, state)
     cfg = model.config
     b, s = inputs.input_ids.shape
-    steps = sampling.max_new_tokens
+    steps = static.max_new_tokens
+    key, temperature, top_p = knobs
+    temperature = 0.0 if static.greedy else temperature
     cache = KVCache.zeros(cfg, b, s + steps)
     hidden, cache = model.model.cached(
         model.embed(inputs), inputs.position_ids, inputs.segment_ids, cache, prefill=True
     )
     logits = model.logits(hidden[:, -1:])[:, 0]
     vocab = logits.shape[-1]
-    stop = jnp.asarray(sampling.stop_ids or (-1,), jnp.int32)
-    suppress = jnp.zeros((vocab,), bool).at[jnp.asarray(sampling.suppress_ids, jnp.int32)].set(True)
+    stop = jnp.asarray(static.stop_ids or (-1,), jnp.int32)
+    suppress = jnp.zeros((vocab,), bool).at[jnp.asarray(static.suppress_ids, jnp.int32)].set(True)
+
+    def pick(step, logits, done, tokens, lengths, history, key):
+        """Record `logits`, choose token `step` from them, update the row state."""
+        key, sub = jax.random.split(key)
+        if keep:
+            history = history.at[:, step].set(logits)
+        masked = jnp.where(suppress, -jnp.inf, logits)
+        tok = sample_token(masked, sub, temperature, top_p)
+        tok = jnp.where(done, static.pad_id, tok)
+        tokens = tokens.at[:, step].set(tok)
+        lengths = jnp.where(done, lengths, step + 1)
+        return tok, done | jnp.isin(tok, stop), tokens, lengths, history, key
 
     def cond(carry):
         step, _, _, done, *_ = carry
         return (step < steps) & ~done.all()
 
     def body(carry):
-        step, logits, cache, done, tokens, lengths, history, key = carry
-        key, sub = jax.random.split(key)
-        if keep:
-            history = history.at[:, step].set(logits)
-        masked = jnp.where(suppress, -jnp.inf, logits)
-        tok = sample_token(masked, sub, sampling.temperature, sampling.top_p)
-        tok = jnp.where(done, sampling.pad_id, tok)
-        tokens = tokens.at[:, step].set(tok)
-        lengths = jnp.where(done, lengths, step + 1)
-        done = done | jnp.isin(tok, stop)
+        step, tok, cache, done, tokens, lengths, history, key = carry
         pos = jnp.broadcast_to((cache.index + deltas)[None, :, None], (3, b, 1))
         x = model.model.embed(tok[:, None], cfg.compute_dtype)
         hidden, cache = model.model.cached(x, pos, jnp.ones((b, 1), jnp.int32), cache)
-        return step + 1, model.logits(hidden)[:, 0], cache, done, tokens, lengths, history, key
+        picked = pick(step, model.logits(hidden)[:, 0], done, tokens, lengths, history, key)
+        tok, done, tokens, lengths, history, key = picked
+        return step + 1, tok, cache, done, tokens, lengths, history, key
 
-    carry = (
-        jnp.zeros((), jnp.int32),
+    first = pick(
+        0,
         logits,
-        cache,
         jnp.zeros((b,), bool),
-        jnp.full((b, steps), sampling.pad_id, jnp.int32),
+        jnp.full((b, steps), static.pad_id, jnp.int32),
         jnp.zeros((b,), jnp.int32),
         jnp.zeros((b, steps, vocab) if keep else (0,), jnp.float32),
-        jax.random.key(sampling.seed),
+        key,
     )
+    tok, done, tokens, lengths, history, key = first
+    carry = (jnp.ones((), jnp.int32), tok, cache, done, tokens, lengths, history, key)
     _, _, _, _, tokens, lengths, history, _ = jax.lax.while_loop(cond, body, carry)
     return tokens, lengths, history

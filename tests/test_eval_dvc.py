@@ -1,6 +1,11 @@
 """Dense-captioning metrics and benchmark scoring, against hand-computed values."""
 
 import json
+import random
+import shutil
+import string
+import sys
+import types
 
 import pytest
 
@@ -31,7 +36,6 @@ def test_localisation_recall_and_precision():
     assert dvc.localisation(video, 0.7) == pytest.approx((0.5, 1 / 3))
     assert dvc.localisation(video, 0.9) == (0.0, 0.0)
     assert dvc.localisation(dvc.Video("e", 10, truth, ()), 0.3) == (0.0, 0.0)
-    assert dvc.matched_pairs([video], 0.7) == [("x", "x")]
 
 
 def test_metrics_over_videos():
@@ -63,6 +67,129 @@ def test_caption_metrics_say_why_they_are_skipped(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_coco)
     out = dvc.caption_metrics([dvc.Video("a", 1, (ev(0, 1),), (ev(0, 1),))])
     assert out == {"captions": "skipped: pycocoevalcap is not installed"}
+
+
+def test_caption_pairs_match_every_overlapping_truth_or_garbage():
+    truth = (ev(0, 5, "a"), ev(5, 10, "b"))
+    video = dvc.Video("v", 10, truth, (ev(0, 10, "wide"), ev(20, 30, "caf\u00e9")))
+    pairs = dvc.caption_pairs(video, 0.5, random.Random(0))  # [0,10] has tIoU 0.5 with both
+    assert pairs[:2] == [("wide", "a"), ("wide", "b")]
+    (pred, garbage), rest = pairs[2], pairs[3:]
+    assert pred == "caf " and not rest  # non-ASCII became a space
+    assert 10 <= len(garbage) <= 20 and set(garbage) <= set(string.ascii_uppercase + string.digits)
+    again = dvc.caption_pairs(video, 0.5, random.Random(0))
+    assert again == pairs  # seeded: reproducible
+    assert dvc.caption_pairs(dvc.Video("e", 10, truth, ()), 0.3, random.Random(0)) == []
+
+
+def _overlap(gts, res):
+    """Mean over keys of the share of the prediction's distinct tokens in its reference."""
+    per = []
+    for k in res:
+        pred, ref = set(res[k][0].split()), set(gts[k][0].split())
+        per.append(len(pred & ref) / len(pred))
+    return sum(per) / len(per)
+
+
+@pytest.fixture
+def fake_coco(monkeypatch):
+    """pycocoevalcap stand-ins: a lowercasing, splitting tokenizer and scorers with
+    hand-computable scores; every call is recorded as (scorer, gts, res)."""
+    calls = []
+
+    class Tokenizer:
+        def tokenize(self, captions):
+            calls.append(("tokenize", captions, None))
+            return {
+                k: [" ".join(c["caption"].lower().split()) for c in v] for k, v in captions.items()
+            }
+
+    def scorer(name, score):
+        class Scorer:
+            def __init__(self, *args):
+                self.args = args
+
+            def compute_score(self, gts, res):
+                assert gts.keys() == res.keys()
+                calls.append((name, gts, res))
+                return score(gts, res), None
+
+        return Scorer
+
+    bleu = scorer("Bleu", lambda g, r: [_overlap(g, r) / n for n in (1, 2, 3, 4)])
+    classes = {
+        "bleu.bleu": ("Bleu", bleu),
+        "meteor.meteor": ("Meteor", scorer("Meteor", _overlap)),
+        "rouge.rouge": ("Rouge", scorer("Rouge", lambda g, r: 2 * _overlap(g, r))),
+        "cider.cider": ("Cider", scorer("Cider", lambda g, r: len(r))),  # pairs in this call
+        "tokenizer.ptbtokenizer": ("PTBTokenizer", Tokenizer),
+    }
+    monkeypatch.setitem(sys.modules, "pycocoevalcap", types.ModuleType("pycocoevalcap"))
+    for path, (name, cls) in classes.items():
+        parts = f"pycocoevalcap.{path}".split(".")
+        for i in range(2, len(parts) + 1):
+            mod = sys.modules.get(".".join(parts[:i])) or types.ModuleType(".".join(parts[:i]))
+            monkeypatch.setitem(sys.modules, ".".join(parts[:i]), mod)
+        monkeypatch.setattr(sys.modules[f"pycocoevalcap.{path}"], name, cls, raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/java" if name == "java" else None)
+    return calls
+
+
+def test_caption_metrics_score_each_video_then_average(fake_coco):
+    truth = (ev(0, 5, "a dog runs"), ev(5, 10, "a cat sleeps"))
+    # [0,10] has tIoU 0.5 with both truths: paired with both at 0.3/0.5, garbage at 0.7/0.9.
+    wide = dvc.Video("A", 10, truth, (ev(0, 10, "A dog sleeps"), ev(0, 5, "the dog runs fast")))
+    empty = dvc.Video("B", 10, truth, ())  # unparsed answer: present, scores 0
+    accents = dvc.Video("C", 4, (ev(0, 4, "ve dog"),), (ev(0, 4, "na\u00efve dog"),))
+    out = dvc.caption_metrics([wide, empty, accents])
+
+    # Overlap per video: A at 0.3/0.5: (2/3 + 2/3 + 2/4) / 3 = 11/18; at 0.7/0.9 the
+    # garbage pair scores 0: (0 + 2/4) / 2 = 1/4. C: "na ve dog" vs "ve dog" = 2/3
+    # (without the non-ASCII removal it would be 1/2). B: 0.
+    low, high = (11 / 18 + 0 + 2 / 3) / 3, (1 / 4 + 0 + 2 / 3) / 3
+    overlap = 100 * (2 * low + 2 * high) / 4
+    assert out["METEOR"] == pytest.approx(overlap)
+    assert out["ROUGE_L"] == pytest.approx(2 * overlap)
+    for n in (1, 2, 3, 4):
+        assert out[f"Bleu_{n}"] == pytest.approx(overlap / n)
+    # CIDEr here counts each call's pairs: A 3 then 2, C 1, B 0 (never scored).
+    assert out["CIDEr"] == pytest.approx(100 * (2 * (3 + 0 + 1) / 3 + 2 * (2 + 0 + 1) / 3) / 4)
+    assert set(out) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"}
+
+    cider = [(g, r) for name, g, r in fake_coco if name == "Cider"]
+    assert len(cider) == 2 * len(dvc.THRESHOLDS)  # once per video with pairs, per threshold
+    gts, res = cider[0]  # threshold 0.3, video A: its own pairs only
+    assert sorted(v[0] for v in res.values()) == [
+        "a dog sleeps",
+        "a dog sleeps",
+        "the dog runs fast",
+    ]
+    assert sorted(v[0] for v in gts.values()) == ["a cat sleeps", "a dog runs", "a dog runs"]
+    gts, res = cider[4]  # [0] 0.3 A, [1] 0.3 C, [2] 0.5 A, [3] 0.5 C, [4] 0.7 A
+    assert sorted(v[0] for v in res.values()) == ["a dog sleeps", "the dog runs fast"]
+    refs = sorted((v[0] for v in gts.values()), key=len)
+    assert refs[0] == "a dog runs" and 10 <= len(refs[1]) <= 20 and " " not in refs[1]
+    tokenized = [
+        c["caption"]
+        for name, caps, _ in fake_coco
+        if name == "tokenize"
+        for v in caps.values()
+        for c in v
+    ]
+    assert all(ord(ch) < 128 for text in tokenized for ch in text)
+    assert dvc.caption_metrics([wide, empty, accents]) == out  # seeded garbage: reproducible
+
+
+def test_caption_metrics_without_any_prediction_score_zero(fake_coco):
+    out = dvc.caption_metrics([dvc.Video("a", 4, (ev(0, 4, "a dog"),), ())])
+    assert out["CIDEr"] == 0 and out["Bleu_4"] == 0 and out["METEOR"] == 0
+    assert fake_coco == []  # nothing to tokenize or score
+
+
+def test_caption_metrics_need_java(fake_coco, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    out = dvc.caption_metrics([dvc.Video("a", 1, (ev(0, 1),), (ev(0, 1),))])
+    assert out["captions"].startswith("skipped: no java binary")
 
 
 def _charades_file(tmp_path):
@@ -106,8 +233,18 @@ def test_qvhighlights_rows_are_official_submissions(tmp_path):
     assert row["qid"] == 7 and row["vid"] == "vid_a" and row["id"] == "7"
     assert row["pred_saliency_scores"] == [0.0, 2.0, 0.0, 0.0, 0.0]  # ceil(9 / 2) clips
     assert row["pred_relevant_windows"] == [[2.0, 4.0, 2.0]]
+    assert row["windows_from"] == "highlights"
     m = bench.score([row], ann, tmp_path, {})
     assert m["HL-min-VeryGood-Hit1"] == 100.0  # clip 1: every annotator gave 4
+    assert m["MR-windows"] == benchmarks.QVH_WINDOWS_NOTE
+    brief, detailed = benchmarks.scores(bench, [row], ann, tmp_path, {})
+    assert brief == m and detailed["brief"] == m
+    # [2, 4] vs the true [2, 6]: IoU 0.5, a hit at 0.5 only; a 4 s window is "short".
+    assert detailed["full"]["MR-R1"]["0.5"] == 100.0 and detailed["full"]["MR-R1"]["0.55"] == 0
+    assert detailed["short"]["queries"] == 1 and detailed["long"]["queries"] == 0
+    assert detailed["HL-min-Fair"] == {"HL-mAP": m["HL-min-Fair-mAP"], "HL-Hit1": 100.0}
+    external = {k: v for k, v in row.items() if k != "windows_from"}  # windows of its own
+    assert "MR-windows" not in bench.score([external], ann, tmp_path, {})
 
 
 def test_dvc_scoring_reads_ver_records(tmp_path):

@@ -130,3 +130,27 @@ def test_right_padding_is_refused(model):
     inputs = tempura_jax.prepare_inputs(model.config, ids, np.array([[1, 1, 1, 0]]))
     with pytest.raises(ValueError, match="left-padded"):
         generate(model, inputs, SamplingConfig(max_new_tokens=2))
+
+
+def test_new_seeds_and_temperatures_reuse_one_compilation(model):
+    from tempura_jax.generate import _generate
+
+    ids, media = _sample("text")
+    inputs = tempura_jax.prepare_inputs(model.config, np.array([ids]), **media)
+    # STEPS + 1 new tokens: a program no other test compiles.
+    base = dict(max_new_tokens=STEPS + 1, suppress_ids=SUPPRESS)
+    a = generate(model, inputs, SamplingConfig(**base, temperature=50.0, seed=1)).tokens
+    compiled = _generate._cache_size()
+    b = generate(model, inputs, SamplingConfig(**base, temperature=50.0, seed=1)).tokens
+    c = generate(model, inputs, SamplingConfig(**base, temperature=50.0, seed=2)).tokens
+    d = generate(model, inputs, SamplingConfig(**base, temperature=9.0, top_p=0.9, seed=3))
+    assert _generate._cache_size() == compiled  # seed, temperature, top_p are traced
+    assert (a == b).all() and not (a == c).all() and d.tokens.shape == a.shape
+    generate(model, inputs, SamplingConfig(**base))  # greedy: other control flow
+    assert _generate._cache_size() == compiled + 1
+
+
+def test_zero_new_tokens_is_refused(model):
+    inputs = tempura_jax.prepare_inputs(model.config, np.array([[5, 6, 7]]))
+    with pytest.raises(ValueError, match="at least 1"):
+        generate(model, inputs, SamplingConfig(max_new_tokens=0))

@@ -5,7 +5,7 @@ Every row carries an `id` (the case id) so a run can resume by skipping the
 ids already written. Charades-STA has no official submission format: rows are
 `{id, vid, query, answer, windows}`. QVHighlights rows are the official
 evaluator's `{qid, query, vid, pred_relevant_windows, pred_saliency_scores}`
-(plus `id` and `answer`, which it ignores). Dense captioning rows are
+(plus `id`, `answer` and `windows_from`, which it ignores). Dense captioning rows are
 `{id, video, answer, events}`.
 """
 
@@ -38,6 +38,20 @@ class Benchmark:
     score: Callable[[list[dict], Path, Path, dict[str, Any]], dict[str, Any]]
     # annotation file -> what rows need beyond the case (QVHighlights: qid, duration)
     context: Callable[[Path], dict[str, Any]] = lambda ann: {}
+    # like `score`, but everything the official evaluator reports, the brief
+    # metrics under "brief" (QVHighlights: per threshold, per length range)
+    detailed: Callable[[list[dict], Path, Path, dict[str, Any]], dict[str, Any]] | None = None
+
+
+def scores(
+    bench: Benchmark, rows: list[dict], ann: Path, videos: Path, opts: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(brief metrics, detailed metrics): the same object where a benchmark has no detail."""
+    if bench.detailed is None:
+        brief = bench.score(rows, ann, videos, opts)
+        return brief, brief
+    full = bench.detailed(rows, ann, videos, opts)
+    return full["brief"], full
 
 
 def _by_id(rows: list[dict], ids: list[str], path_hint: str, partial: bool) -> list[dict | None]:
@@ -111,6 +125,11 @@ def _qvh_context(ann: Path) -> dict[str, Any]:
     }
 
 
+# The model is asked only for highlight timestamps: its moment-retrieval windows are
+# the runs of clips with a positive predicted score (`qvhighlights.submission_record`).
+QVH_WINDOWS_NOTE = "MR windows are runs of positive predicted highlight clips"
+
+
 def _qvh_row(case: Case, pred: Prediction, ctx: dict) -> dict[str, Any]:
     qid, duration = ctx[case.id]
     row = qvhighlights.submission_record(
@@ -122,12 +141,21 @@ def _qvh_row(case: Case, pred: Prediction, ctx: dict) -> dict[str, Any]:
         "vid": Path(case.video).stem,
         **row,
         "answer": pred.answer,
+        "windows_from": "highlights",  # ignored by the official evaluator
     }
 
 
-def _qvh_score(rows: list[dict], ann: Path, videos: Path, opts: dict) -> dict[str, Any]:
+def _qvh_detailed(rows: list[dict], ann: Path, videos: Path, opts: dict) -> dict[str, Any]:
+    """The official detailed metrics; says so when the windows came from highlight clips."""
     gt = qvhighlights.read_jsonl(ann, "ground_truth")
-    return qvhighlights.evaluate(rows, gt, match_number=not opts.get("partial"))
+    out = qvhighlights.detailed(rows, gt, match_number=not opts.get("partial"))
+    if any(r.get("windows_from") == "highlights" for r in rows):
+        out["brief"]["MR-windows"] = out["MR-windows"] = QVH_WINDOWS_NOTE
+    return out
+
+
+def _qvh_score(rows: list[dict], ann: Path, videos: Path, opts: dict) -> dict[str, Any]:
+    return _qvh_detailed(rows, ann, videos, opts)["brief"]
 
 
 # -- dense captioning ----------------------------------------------------------------------
@@ -185,7 +213,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         ),
         Benchmark(
             "qvhighlights", "highlight", "highlight_val_release.jsonl", 192,
-            _qvh_cases, _qvh_row, _qvh_score, _qvh_context,
+            _qvh_cases, _qvh_row, _qvh_score, _qvh_context, _qvh_detailed,
         ),
         Benchmark("dvc", "dense", "VER JSON", 512, _dvc_cases, _dvc_row, _dvc_score),
     )

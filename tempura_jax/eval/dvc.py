@@ -12,16 +12,23 @@ recall is the share of ground-truth events some prediction overlaps by at
 least the threshold, precision the share of predictions that overlap some
 ground-truth event; both per video, then averaged.
 
-Captions (BLEU-4, METEOR, CIDEr via pycocoevalcap) score every (prediction,
-ground truth) pair matched at each threshold, averaged over thresholds. They
-need pycocoevalcap and a `java` binary (its tokenizer and METEOR are Java);
-without them the result says why they were skipped.
+Captions follow ActivityNet's dense-captioning evaluator (densevid_eval): at
+each threshold every predicted event is paired with every ground-truth event it
+overlaps by at least the threshold, or with a garbage reference if it overlaps
+none; captions lose non-ASCII characters and go through PTBTokenizer; each
+scorer (Bleu_1..4, METEOR, ROUGE_L, CIDEr) scores each video on its own pairs
+(so CIDEr's document frequencies are per video), a video without predicted
+events scores 0, and the score is the mean over videos, then over thresholds,
+x100. They need pycocoevalcap and a `java` binary (its tokenizer and METEOR
+are Java); without them the result says why they were skipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 import shutil
+import string
 from typing import Any
 
 import numpy as np
@@ -84,42 +91,80 @@ def localisation(video: Video, threshold: float) -> tuple[float, float]:
     return recall, float(hit.any(axis=1).mean())
 
 
-def matched_pairs(videos: list[Video], threshold: float) -> list[tuple[str, str]]:
-    """(predicted caption, true caption) for every pair overlapping by >= threshold."""
-    return [
-        (p.caption, g.caption)
-        for v in videos
-        for p in v.predicted
-        for g in v.truth
-        if tiou(p, g) >= threshold
-    ]
+def remove_nonascii(text: str) -> str:
+    """Characters past ASCII become spaces, as the official evaluator does before tokenizing."""
+    return "".join(c if ord(c) < 128 else " " for c in text)
 
 
-def caption_metrics(videos: list[Video]) -> dict[str, Any]:
-    """BLEU-4/METEOR/CIDEr x100 averaged over thresholds, or why they were skipped."""
+def garbage_caption(rng: random.Random) -> str:
+    """A reference no caption can match: 10-20 uppercase letters/digits. The official
+    evaluator draws it from the unseeded global RNG; a seeded one keeps scores reproducible."""
+    alphabet = string.ascii_uppercase + string.digits
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(10, 20)))
+
+
+def caption_pairs(video: Video, threshold: float, rng: random.Random) -> list[tuple[str, str]]:
+    """(predicted caption, reference) pairs of one video at `threshold`: each prediction
+    with every ground truth it overlaps enough, or with garbage if none."""
+    pairs = []
+    for p in video.predicted:
+        refs = [g.caption for g in video.truth if tiou(p, g) >= threshold]
+        refs = refs or [garbage_caption(rng)]
+        pairs += [(remove_nonascii(p.caption), remove_nonascii(r)) for r in refs]
+    return pairs
+
+
+def _threshold_scores(
+    videos: list[Video], threshold: float, scorers: list, tokenizer: Any, rng: random.Random
+) -> dict[str, float]:
+    """Metric name -> mean over videos of each video's score at one threshold."""
+    per_video = [caption_pairs(v, threshold, rng) for v in videos]
+    flat = [pair for pairs in per_video for pair in pairs]
+    res, gts = {}, {}
+    if flat:  # no predicted events anywhere: every video scores 0, no tokenizer run
+        res = tokenizer.tokenize({i: [{"caption": p}] for i, (p, _) in enumerate(flat)})
+        gts = tokenizer.tokenize({i: [{"caption": g}] for i, (_, g) in enumerate(flat)})
+    out: dict[str, float] = {}
+    for scorer, names in scorers:
+        scores, first = [], 0
+        for pairs in per_video:
+            keys = range(first, first + len(pairs))
+            first += len(pairs)
+            if not pairs:
+                scores.append([0.0] * len(names))
+                continue
+            score, _ = scorer.compute_score({k: gts[k] for k in keys}, {k: res[k] for k in keys})
+            scores.append(list(score) if len(names) > 1 else [score])
+        out.update(zip(names, np.mean(np.array(scores, dtype=float), axis=0), strict=True))
+    return out
+
+
+def caption_metrics(videos: list[Video], seed: int = 0) -> dict[str, Any]:
+    """Bleu_1..4/METEOR/ROUGE_L/CIDEr x100 as densevid_eval computes them, or why
+    they were skipped; `seed` draws the garbage references."""
     try:
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
         from pycocoevalcap.meteor.meteor import Meteor
+        from pycocoevalcap.rouge.rouge import Rouge
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     except ImportError:
         return {"captions": "skipped: pycocoevalcap is not installed"}
     if shutil.which("java") is None:
         return {"captions": "skipped: no java binary (pycocoevalcap's tokenizer and METEOR)"}
-    scorers = {"BLEU-4": (Bleu(4), 3), "METEOR": (Meteor(), None), "CIDEr": (Cider(), None)}
-    sums = dict.fromkeys(scorers, 0.0)
-    for t in THRESHOLDS:
-        pairs = matched_pairs(videos, t)
-        if not pairs:
-            continue  # no match at this threshold scores 0, as in ActivityNet's evaluator
-        res = {i: [{"caption": p}] for i, (p, _) in enumerate(pairs)}
-        gts = {i: [{"caption": g}] for i, (_, g) in enumerate(pairs)}
-        tok = PTBTokenizer()
-        res, gts = tok.tokenize(res), tok.tokenize(gts)
-        for name, (scorer, pick) in scorers.items():
-            score, _ = scorer.compute_score(gts, res)
-            sums[name] += float(score[pick] if pick is not None else score)
-    return {name: 100 * s / len(THRESHOLDS) for name, s in sums.items()}
+    scorers = [
+        (Bleu(4), ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4")),
+        (Meteor(), ("METEOR",)),
+        (Rouge(), ("ROUGE_L",)),
+        (Cider(), ("CIDEr",)),
+    ]
+    rng = random.Random(seed)
+    per_threshold = [_threshold_scores(videos, t, scorers, PTBTokenizer(), rng) for t in THRESHOLDS]
+    return {
+        name: 100 * float(np.mean([s[name] for s in per_threshold]))
+        for _, names in scorers
+        for name in names
+    }
 
 
 def metrics(videos: list[Video], tol: float = 1.0, captions: bool = True) -> dict[str, Any]:
