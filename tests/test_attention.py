@@ -155,6 +155,19 @@ def test_fallback_is_logged_once(caplog):
     np.testing.assert_allclose(out, attn.attention(q, q, q, impl="xla"))
 
 
+def test_auto_fallback_is_logged_once(caplog):
+    """auto on a GPU with cross lengths: no kernel takes it, and the log says why."""
+    attn._log_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="tempura_jax.ops.attention"):
+        for _ in range(3):
+            assert attn.select("auto", _case(sk=96))[0].name == "xla"
+        assert attn.select("auto", _case())[0].name == "pallas_gpu"  # no log line
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("attention_impl=auto cannot take q(2, 64, 8, 128) k(2, 96, 2, 128)")
+    assert "pallas_gpu: query and key lengths differ" in lines[0] and "using xla" in lines[0]
+
+
 def test_bad_requests_raise():
     q = jnp.ones((1, 4, 3, 8))
     with pytest.raises(ValueError, match="unknown attention_impl 'flash'"):

@@ -5,9 +5,9 @@ padding is a segment of its own) plus an optional causal constraint, which
 covers windows, per-frame full attention, padding and packed sequences.
 
 Backends register by name with the case they cannot take; `auto` picks the
-fastest that can per platform, and an explicit choice that cannot take a case
-falls back to the `xla` reference with a one-time log line (never silently
-wrong). Pallas backends run in interpret mode off their platform, which is how
+fastest that can per platform, and a choice that cannot take a case (`auto`
+on an accelerator included) falls back to the `xla` reference with a one-time
+log line (never silently wrong). Pallas backends run in interpret mode off their platform, which is how
 CPU tests check them against the reference.
 """
 
@@ -85,9 +85,15 @@ def select(impl: str, case: Case) -> tuple[Backend, bool]:
     if impl not in IMPLS:
         raise ValueError(f"unknown attention_impl {impl!r}; known: {', '.join(IMPLS)}")
     if impl == "auto":
+        reasons = []
         for name in AUTO_ORDER.get(case.platform, ()):
-            if why_not(BACKENDS[name], case) is None:
+            reason = why_not(BACKENDS[name], case)
+            if reason is None:
                 return BACKENDS[name], False
+            reasons.append(f"{name}: {reason}")
+        if reasons:  # a platform with kernels, none of which takes this case
+            shapes = f"q{case.q_shape} k{case.k_shape}"
+            _log_once(f"attention_impl=auto cannot take {shapes} ({'; '.join(reasons)}); using xla")
         return BACKENDS["xla"], False
     backend = BACKENDS[impl]
     reason = why_not(backend, case)
