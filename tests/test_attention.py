@@ -155,6 +155,26 @@ def test_fallback_is_logged_once(caplog):
     np.testing.assert_allclose(out, attn.attention(q, q, q, impl="xla"))
 
 
+@pytest.mark.parametrize(("impl", "plat"), [("splash", "gpu"), ("pallas_gpu", "tpu")])
+def test_kernel_on_another_accelerator_falls_back(impl, plat, monkeypatch, caplog):
+    """Interpret mode is for CPU tests: a Pallas kernel asked for on the other
+    accelerator runs the reference (one log line), not its interpreter."""
+    attn._log_once.cache_clear()
+    monkeypatch.setattr(attn, "platform", lambda: plat)
+    q = jnp.ones((1, 8, 2, 16))
+    with caplog.at_level(logging.WARNING, logger="tempura_jax.ops.attention"):
+        for _ in range(2):
+            jaxpr = str(jax.make_jaxpr(lambda q: attn.attention(q, q, q, impl=impl))(q))
+            assert "pallas_call" not in jaxpr
+    lines = [r.getMessage() for r in caplog.records]
+    needs = "tpu" if impl == "splash" else "gpu"
+    assert lines == [f"attention_impl={impl} cannot take q(1, 8, 2, 16) (needs {needs}, "
+                     f"running on {plat}); using xla"]  # fmt: skip
+    # On CPU the same request runs the kernel, interpreted.
+    cpu = dataclasses.replace(_case(), platform="cpu")
+    assert attn.select(impl, cpu) == (attn.BACKENDS[impl], True)
+
+
 def test_auto_fallback_is_logged_once(caplog):
     """auto on a GPU with cross lengths: no kernel takes it, and the log says why."""
     attn._log_once.cache_clear()

@@ -7,8 +7,9 @@ covers windows, per-frame full attention, padding and packed sequences.
 Backends register by name with the case they cannot take; `auto` picks the
 fastest that can per platform, and a choice that cannot take a case (`auto`
 on an accelerator included) falls back to the `xla` reference with a one-time
-log line (never silently wrong). Pallas backends run in interpret mode off their platform, which is how
-CPU tests check them against the reference.
+log line (never silently wrong). Pallas backends run in interpret mode on CPU,
+which is how tests check them against the reference; on the other accelerator
+(splash on a GPU) they fall back like any case they cannot take.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Backend:
     # Why the backend cannot take a case on a platform it runs on (None: it can).
     unsupported: Callable[[Case], str | None]
     platforms: tuple[str, ...]  # native platforms
-    interpretable: bool  # Pallas: runs (slowly, exactly) in interpret mode elsewhere
+    interpretable: bool  # Pallas: runs (slowly, exactly) in interpret mode on CPU
     per_device: bool  # opaque to the partitioner: wrap in shard_map under a mesh
 
 
@@ -75,7 +76,8 @@ def platform() -> str:
 
 
 def why_not(backend: Backend, case: Case) -> str | None:
-    if case.platform not in backend.platforms and not backend.interpretable:
+    interpreted = backend.interpretable and case.platform == "cpu"
+    if case.platform not in backend.platforms and not interpreted:
         return f"needs {'/'.join(backend.platforms)}, running on {case.platform}"
     return backend.unsupported(case)
 
