@@ -134,7 +134,8 @@ def test_auto_selection_per_case():
     assert attn.select("auto", _case(right_padded=True))[0].name == "cudnn"
     assert attn.select("auto", _case(segments=False))[0].name == "cudnn"
     assert attn.select("auto", _case())[0].name == "pallas_gpu"  # windows / packed
-    assert attn.select("auto", _case(dtype=jnp.float32))[0].name == "pallas_gpu"
+    assert attn.select("auto", _case(dtype=jnp.float32))[0].name == "xla"  # see below
+    assert attn.select("pallas_gpu", _case(dtype=jnp.float32))[0].name == "pallas_gpu"
     assert attn.select("auto", _case(sk=96))[0].name == "xla"  # cross lengths
     odd = attn.Case((2, 63, 8, 128), (2, 63, 2, 128), jnp.bfloat16, True, True, True, "gpu")
     assert attn.select("auto", odd)[0].name == "pallas_gpu"  # cuDNN training needs even
@@ -142,6 +143,32 @@ def test_auto_selection_per_case():
     assert attn.select("auto", tpu)[0].name == "splash"
     cpu = attn.Case((1, 8, 2, 64), (1, 8, 2, 64), jnp.float32, False, True, False, "cpu")
     assert attn.select("auto", cpu)[0].name == "xla"
+
+
+def _dot_precisions(jaxpr) -> list:
+    """The precision of every dot_general in `jaxpr` and the jaxprs in its params."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+                if hasattr(sub, "eqns"):
+                    found += _dot_precisions(sub)
+    return found
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pallas_gpu_float32_dots_are_float32(dtype):
+    """Triton would run float32 dots as TF32: the kernel asks for HIGHEST
+    (Triton's IEEE) on float32 inputs and leaves 16-bit dots at the default."""
+    q = jnp.ones((1, 32, 2, 16), dtype)
+    fn = jax.grad(lambda q: attn.attention(q, q, q, causal=True, impl="pallas_gpu").sum())
+    precisions = _dot_precisions(jax.make_jaxpr(fn)(q).jaxpr)
+    # The kernels' dots: forward 2, dq 3, dk/dv 4; the backward's delta is an XLA einsum.
+    kernel = (jax.lax.Precision.HIGHEST,) * 2 if dtype == jnp.float32 else None
+    assert sorted(precisions, key=str) == sorted([kernel] * 9 + [None], key=str), precisions
 
 
 def test_fallback_is_logged_once(caplog):

@@ -82,6 +82,16 @@ def why_not(backend: Backend, case: Case) -> str | None:
     return backend.unsupported(case)
 
 
+def _auto_declines(name: str, case: Case) -> str | None:
+    """auto's own rule on top of the backend's: float32 asks for float32 accuracy,
+    which the Pallas GPU kernel gives only with IEEE dots (no tensor cores), so
+    auto leaves float32 to XLA, which follows `jax_default_matmul_precision`.
+    An explicit `pallas_gpu` still runs float32 (IEEE)."""
+    if name == "pallas_gpu" and case.dtype == jnp.float32:
+        return "float32 (auto keeps it on xla)"
+    return None
+
+
 def select(impl: str, case: Case) -> tuple[Backend, bool]:
     """(backend, interpret) for a call; logs each fallback once."""
     if impl not in IMPLS:
@@ -89,7 +99,7 @@ def select(impl: str, case: Case) -> tuple[Backend, bool]:
     if impl == "auto":
         reasons = []
         for name in AUTO_ORDER.get(case.platform, ()):
-            reason = why_not(BACKENDS[name], case)
+            reason = why_not(BACKENDS[name], case) or _auto_declines(name, case)
             if reason is None:
                 return BACKENDS[name], False
             reasons.append(f"{name}: {reason}")
