@@ -7,6 +7,7 @@ arbitrary non-contiguous ids, and lengths that are not block multiples.
 
 import dataclasses
 import logging
+import sys
 from functools import partial
 
 import jax
@@ -200,6 +201,21 @@ def test_kernel_on_another_accelerator_falls_back(impl, plat, monkeypatch, caplo
     # On CPU the same request runs the kernel, interpreted.
     cpu = dataclasses.replace(_case(), platform="cpu")
     assert attn.select(impl, cpu) == (attn.BACKENDS[impl], True)
+
+
+def test_pallas_gpu_without_triton_falls_back(monkeypatch, caplog):
+    """A JAX without the Pallas Triton backend (deprecated in 0.11): pallas_gpu
+    and auto use xla, with the log line, instead of failing at trace time."""
+    attn._log_once.cache_clear()
+    monkeypatch.setitem(sys.modules, "jax.experimental.pallas.triton", None)
+    q = jnp.ones((1, 8, 2, 16))
+    with caplog.at_level(logging.WARNING, logger="tempura_jax.ops.attention"):
+        out = attn.attention(q, q, q, impl="pallas_gpu")
+        assert attn.select("auto", _case())[0].name == "xla"  # windows on a GPU
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all("Pallas Triton backend does not import" in m for m in lines)
+    assert lines[0].startswith("attention_impl=pallas_gpu") and "using xla" in lines[0]
+    np.testing.assert_allclose(out, attn.attention(q, q, q, impl="xla"))
 
 
 def test_auto_fallback_is_logged_once(caplog):

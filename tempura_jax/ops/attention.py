@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import logging
 from collections.abc import Callable
 
@@ -228,7 +229,19 @@ def _splash(q, k, v, seg, *, causal, scale, interpret):
     return splash_attention(q, k, v, seg, causal=causal, scale=scale, config=cfg)
 
 
+def _triton_missing() -> str | None:
+    """Pallas's Triton backend is deprecated from jax 0.11 and may be removed:
+    without it pallas_gpu falls back here instead of failing at trace time."""
+    try:
+        importlib.import_module("jax.experimental.pallas.triton")
+    except ImportError as e:
+        return f"the Pallas Triton backend does not import ({e})"
+    return None
+
+
 def _pallas_gpu_unsupported(case: Case) -> str | None:
+    if missing := _triton_missing():
+        return missing
     if case.q_shape[-1] > 256:
         return f"head_dim {case.q_shape[-1]} > 256"
     return _self_attention_only(case)
