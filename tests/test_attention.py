@@ -6,9 +6,11 @@ arbitrary non-contiguous ids, and lengths that are not block multiples.
 """
 
 import dataclasses
+import importlib.util
 import logging
 import sys
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +110,29 @@ def test_cudnn_length_translation_matches_reference():
     ref = attn.xla_attention(q, k, v, jnp.asarray(seg), causal=True, scale=0.25)
     real = seg.astype(bool)
     np.testing.assert_allclose(np.asarray(ours)[real], np.asarray(ref)[real], atol=1e-5)
+
+
+@pytest.mark.parametrize(("kind", "causal"), [("padding", True), ("windows", False)])
+def test_bench_chunked_reference_equals_dense(kind, causal, monkeypatch):
+    """bench/attention.py's memory-lean reference (query chunks, padded to a
+    chunk multiple) gives the dense reference's output and gradients."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "attention.py"
+    spec = importlib.util.spec_from_file_location("bench_attention", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look it up
+    spec.loader.exec_module(bench)
+    q, k, v, cot = _inputs(2, 45, 4, 2, 16)
+    seg = jnp.asarray(_segments(kind, 2, 67, None)[:, :45])
+
+    def chunked(q, k, v):
+        return bench.xla_chunked(q, k, v, seg, causal=causal, scale=0.25, chunk=16)
+
+    def dense(q, k, v):
+        return attn.xla_attention(q, k, v, seg, causal=causal, scale=0.25)
+
+    ours, ref = (_value_and_grads(f, q, k, v, cot) for f in (chunked, dense))
+    for a, r in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, r, atol=1e-5, rtol=1e-5)
 
 
 def test_block_ranges_skip_other_windows():
