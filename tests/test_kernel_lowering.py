@@ -201,3 +201,31 @@ def test_cudnn_lowers_for_the_decoder(cudnn_probes, monkeypatch):
       spec((2, 1000), jnp.int32))  # fmt: skip
     calls = custom_calls(exported.mlir_module())
     assert [calls[t] for t in CUDNN] == [1, 1], calls
+
+
+def test_pallas_gpu_float32_dots_lower_as_ieee(on_platform, monkeypatch):
+    """Triton lowers float32 dots as TF32 unless told otherwise: the kernel's
+    Triton modules carry no TF32 dot for float32 inputs (IEEE is the default,
+    so the attribute is absent)."""
+    reg = pytest.importorskip("jax._src.pallas.triton.pallas_call_registration")
+    if not hasattr(getattr(reg, "lowering", None), "lower_jaxpr_to_triton_module"):
+        pytest.skip("this JAX lowers Pallas Triton calls otherwise")
+    modules = []
+    lower_module = reg.lowering.lower_jaxpr_to_triton_module
+
+    def recording(*args, **kwargs):
+        result = lower_module(*args, **kwargs)
+        modules.append(str(result.module))
+        return result
+
+    monkeypatch.setattr(reg.lowering, "lower_jaxpr_to_triton_module", recording)
+    on_platform("pallas_gpu")
+
+    def loss(q, k, v):
+        return attn.attention(q, k, v, causal=True, impl="pallas_gpu").sum()
+
+    x = spec((1, 128, 2, 64), jnp.float32)
+    lower(jax.grad(loss, argnums=(0, 1, 2)), "pallas_gpu", x, x, x)
+    dots = [line for m in modules for line in re.findall(r"tt\.dot [^\n]*", m)]
+    assert len(dots) == 9 and all("xf32>" in d for d in dots), dots
+    assert not [d for d in dots if "tf32" in d], dots

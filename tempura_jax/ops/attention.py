@@ -5,16 +5,18 @@ padding is a segment of its own) plus an optional causal constraint, which
 covers windows, per-frame full attention, padding and packed sequences.
 
 Backends register by name with the case they cannot take; `auto` picks the
-fastest that can per platform, and an explicit choice that cannot take a case
-falls back to the `xla` reference with a one-time log line (never silently
-wrong). Pallas backends run in interpret mode off their platform, which is how
-CPU tests check them against the reference.
+fastest that can per platform, and a choice that cannot take a case (`auto`
+on an accelerator included) falls back to the `xla` reference with a one-time
+log line (never silently wrong). Pallas backends run in interpret mode on CPU,
+which is how tests check them against the reference; on the other accelerator
+(splash on a GPU) they fall back like any case they cannot take.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import logging
 from collections.abc import Callable
 
@@ -51,7 +53,7 @@ class Backend:
     # Why the backend cannot take a case on a platform it runs on (None: it can).
     unsupported: Callable[[Case], str | None]
     platforms: tuple[str, ...]  # native platforms
-    interpretable: bool  # Pallas: runs (slowly, exactly) in interpret mode elsewhere
+    interpretable: bool  # Pallas: runs (slowly, exactly) in interpret mode on CPU
     per_device: bool  # opaque to the partitioner: wrap in shard_map under a mesh
 
 
@@ -75,9 +77,20 @@ def platform() -> str:
 
 
 def why_not(backend: Backend, case: Case) -> str | None:
-    if case.platform not in backend.platforms and not backend.interpretable:
+    interpreted = backend.interpretable and case.platform == "cpu"
+    if case.platform not in backend.platforms and not interpreted:
         return f"needs {'/'.join(backend.platforms)}, running on {case.platform}"
     return backend.unsupported(case)
+
+
+def _auto_declines(name: str, case: Case) -> str | None:
+    """auto's own rule on top of the backend's: float32 asks for float32 accuracy,
+    which the Pallas GPU kernel gives only with IEEE dots (no tensor cores), so
+    auto leaves float32 to XLA, which follows `jax_default_matmul_precision`.
+    An explicit `pallas_gpu` still runs float32 (IEEE)."""
+    if name == "pallas_gpu" and case.dtype == jnp.float32:
+        return "float32 (auto keeps it on xla)"
+    return None
 
 
 def select(impl: str, case: Case) -> tuple[Backend, bool]:
@@ -85,9 +98,15 @@ def select(impl: str, case: Case) -> tuple[Backend, bool]:
     if impl not in IMPLS:
         raise ValueError(f"unknown attention_impl {impl!r}; known: {', '.join(IMPLS)}")
     if impl == "auto":
+        reasons = []
         for name in AUTO_ORDER.get(case.platform, ()):
-            if why_not(BACKENDS[name], case) is None:
+            reason = why_not(BACKENDS[name], case) or _auto_declines(name, case)
+            if reason is None:
                 return BACKENDS[name], False
+            reasons.append(f"{name}: {reason}")
+        if reasons:  # a platform with kernels, none of which takes this case
+            shapes = f"q{case.q_shape} k{case.k_shape}"
+            _log_once(f"attention_impl=auto cannot take {shapes} ({'; '.join(reasons)}); using xla")
         return BACKENDS["xla"], False
     backend = BACKENDS[impl]
     reason = why_not(backend, case)
@@ -210,7 +229,19 @@ def _splash(q, k, v, seg, *, causal, scale, interpret):
     return splash_attention(q, k, v, seg, causal=causal, scale=scale, config=cfg)
 
 
+def _triton_missing() -> str | None:
+    """Pallas's Triton backend is deprecated from jax 0.11 and may be removed:
+    without it pallas_gpu falls back here instead of failing at trace time."""
+    try:
+        importlib.import_module("jax.experimental.pallas.triton")
+    except ImportError as e:
+        return f"the Pallas Triton backend does not import ({e})"
+    return None
+
+
 def _pallas_gpu_unsupported(case: Case) -> str | None:
+    if missing := _triton_missing():
+        return missing
     if case.q_shape[-1] > 256:
         return f"head_dim {case.q_shape[-1]} > 256"
     return _self_attention_only(case)

@@ -45,6 +45,13 @@ class FlashConfig:
         return pl_triton.CompilerParams(num_warps=self.num_warps, num_stages=self.num_stages)
 
 
+def _dot(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = False) -> jax.Array:
+    """float32 in float32 (IEEE): Triton's default for float32 is TF32, which
+    would silently give less than the caller's dtype; 16-bit inputs are unchanged."""
+    precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    return pl_triton.dot(a, b, trans_a=trans_a, trans_b=trans_b, precision=precision)
+
+
 def _mask(seg_q, seg_k, q0, k0, causal):
     mask = seg_q[:, None] == seg_k[None, :]
     if causal:
@@ -67,12 +74,12 @@ def _fwd_kernel(
         acc, m, denom = carry
         k0 = j * block_k
         keys = pl.ds(k0, block_k)
-        s = pl_triton.dot(q, k_ref[keys, :], trans_b=True) * scale
+        s = _dot(q, k_ref[keys, :], trans_b=True) * scale
         s = jnp.where(_mask(seg_q, seg_k_ref[keys], q0, k0, causal), s, MASKED)
         m_new = jnp.maximum(m, s.max(axis=-1))
         p = jnp.exp2(s - m_new[:, None])
         alpha = jnp.exp2(m - m_new)
-        acc = acc * alpha[:, None] + pl_triton.dot(p.astype(v_ref.dtype), v_ref[keys, :])
+        acc = acc * alpha[:, None] + _dot(p.astype(v_ref.dtype), v_ref[keys, :])
         return acc, m_new, denom * alpha + p.sum(axis=-1)
 
     init = (
@@ -99,11 +106,11 @@ def _dq_kernel(
         k0 = j * block_k
         keys = pl.ds(k0, block_k)
         k, v = k_ref[keys, :], v_ref[keys, :]
-        s = pl_triton.dot(q, k, trans_b=True) * scale
+        s = _dot(q, k, trans_b=True) * scale
         mask = _mask(seg_q, seg_k_ref[keys], q0, k0, causal)
         p = jnp.where(mask, jnp.exp2(s - lse[:, None]), 0.0)
-        ds = p * (pl_triton.dot(do, v, trans_b=True) - delta[:, None])
-        return dq + pl_triton.dot(ds.astype(k.dtype), k)
+        ds = p * (_dot(do, v, trans_b=True) - delta[:, None])
+        return dq + _dot(ds.astype(k.dtype), k)
 
     dq = jax.lax.fori_loop(k_lo_ref[()], k_hi_ref[()], body, jnp.zeros((block_q, d), jnp.float32))
     dq_ref[...] = (dq * (scale / LOG2E)).astype(dq_ref.dtype)
@@ -122,12 +129,12 @@ def _dkv_kernel(
         q0 = i * block_q
         rows = pl.ds(q0, block_q)
         q, do = q_ref[rows, :], do_ref[rows, :]
-        s = pl_triton.dot(q, k, trans_b=True) * scale
+        s = _dot(q, k, trans_b=True) * scale
         mask = _mask(seg_q_ref[rows], seg_k, q0, k0, causal)
         p = jnp.where(mask, jnp.exp2(s - lse_ref[rows][:, None]), 0.0)
-        dv = dv + pl_triton.dot(p.astype(do.dtype), do, trans_a=True)
-        ds = p * (pl_triton.dot(do, v, trans_b=True) - delta_ref[rows][:, None])
-        return dk + pl_triton.dot(ds.astype(q.dtype), q, trans_a=True), dv
+        dv = dv + _dot(p.astype(do.dtype), do, trans_a=True)
+        ds = p * (_dot(do, v, trans_b=True) - delta_ref[rows][:, None])
+        return dk + _dot(ds.astype(q.dtype), q, trans_a=True), dv
 
     zeros = jnp.zeros((block_k, d), jnp.float32)
     dk, dv = jax.lax.fori_loop(q_lo_ref[()], q_hi_ref[()], body, (zeros, zeros))
