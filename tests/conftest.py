@@ -146,3 +146,19 @@ def demo_data_config(demo, **kw):
         seed=0,
     )
     return DataConfig(**{**base, **kw})
+
+
+def qvh_one_query(folder):
+    """A QVHighlights annotation file with one 9 s query (a duration that is not a
+    multiple of 2): clips 1 and 2 relevant, window [2, 6]."""
+    import json
+    from pathlib import Path
+
+    gt = {
+        "qid": 7, "query": "a dog", "duration": 9, "vid": "vid_a",
+        "relevant_clip_ids": [1, 2], "saliency_scores": [[4, 4, 4], [2, 3, 4]],
+        "relevant_windows": [[2, 6]],
+    }  # fmt: skip
+    path = Path(folder) / "highlight_val_release.jsonl"
+    path.write_text(json.dumps(gt) + "\n")
+    return path

@@ -8,6 +8,7 @@ import sys
 import types
 
 import pytest
+from conftest import qvh_one_query
 
 from tempura_jax.data.events import Event
 from tempura_jax.eval import benchmarks, dvc
@@ -219,13 +220,7 @@ def test_charades_scoring_from_rows(tmp_path):
 
 def test_qvhighlights_rows_are_official_submissions(tmp_path):
     bench = benchmarks.get("qvhighlights")
-    ann = tmp_path / "highlight_val_release.jsonl"
-    gt = {
-        "qid": 7, "query": "a dog", "duration": 9, "vid": "vid_a",
-        "relevant_clip_ids": [1, 2], "saliency_scores": [[4, 4, 4], [2, 3, 4]],
-        "relevant_windows": [[2, 6]],
-    }  # fmt: skip
-    ann.write_text(json.dumps(gt) + "\n")
+    ann = qvh_one_query(tmp_path)
     (case,) = bench.cases(ann, tmp_path, ".mp4")
     assert case.id == "7" and case.task == "highlight" and case.video.endswith("vid_a.mp4")
     pred = Prediction("7", case.video, "highlight", "a dog", "t", {"highlights": [[3.0, 2.0]]})

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import qvh_one_query
 
 from tempura_jax import infer
 from tempura_jax.infer import Prediction
@@ -105,13 +106,7 @@ def test_predictions_without_a_record_are_not_resumed(setup, capsys):
 
 
 def test_qvhighlights_out_gets_the_detailed_metrics(tmp_path, capsys):
-    ann = tmp_path / "highlight_val_release.jsonl"
-    gt = {
-        "qid": 7, "query": "a dog", "duration": 9, "vid": "vid_a",
-        "relevant_clip_ids": [1, 2], "saliency_scores": [[4, 4, 4], [2, 3, 4]],
-        "relevant_windows": [[2, 6]],
-    }  # fmt: skip
-    ann.write_text(json.dumps(gt) + "\n")
+    ann = qvh_one_query(tmp_path)
     row = {"qid": 7, "id": "7", "pred_relevant_windows": [[2, 6, 1.0]],
            "pred_saliency_scores": [0, 1, 0, 0, 0]}  # fmt: skip
     preds = tmp_path / "sub.jsonl"
