@@ -44,6 +44,7 @@ from tempura_jax.data.chat import IGNORE  # noqa: E402
 from tempura_jax.model.inputs import prepare_inputs  # noqa: E402
 from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL  # noqa: E402
 from tempura_jax.sharding import make_mesh, model_shardings  # noqa: E402
+from tempura_jax.train.config import ModelSetup  # noqa: E402
 from tempura_jax.train.flops import batch_flops, peak_flops  # noqa: E402
 from tempura_jax.train.optim import OptimConfig, transform  # noqa: E402
 from tempura_jax.train.step import StepFns, batch_shardings  # noqa: E402
@@ -97,7 +98,8 @@ def run_jax(cfg, batch_np, steps: int, warmup: int) -> dict:
     )()
     tx = transform(OptimConfig(warmup_ratio=0.0), 1000)
     empty = nnx.State({})
-    fns = StepFns.build(graphdef, state, tx, mesh, "fsdp", 1024)
+    chunk = ModelSetup().loss_chunk  # the trainer's default
+    fns = StepFns.build(graphdef, state, tx, mesh, "fsdp", chunk)
     opt = fns.init_opt(state)
     sh = batch_shardings(batch_np, mesh)
     batch = {k: jax.device_put(v, sh[k]) for k, v in batch_np.items()}
@@ -113,7 +115,7 @@ def run_jax(cfg, batch_np, steps: int, warmup: int) -> dict:
         "step_time": float(np.median(times)),
         "loss": loss,
         "attention": cfg.attention_impl,
-        "loss_impl": "chunked logits (1024 tokens)",
+        "loss_impl": f"chunked logits ({chunk} positions per row per block)",
     }
 
 

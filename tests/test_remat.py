@@ -1,6 +1,8 @@
 """Rematerialisation changes memory, not numbers: every policy on the decoder
 and the vision tower gives the plain path's loss and parameter gradients."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +37,9 @@ def _loss_and_grads(model_dir, remat: str):
         m = nnx.merge(graphdef, p)
         return m.logits(m.forward(inputs)).std()
 
+    if remat != "none":  # the policy is really in the program, not silently dropped
+        program = str(jax.make_jaxpr(loss)(params))
+        assert len(re.findall(r"\b(?:remat2|checkpoint)\[", program)) >= 2  # the name varies
     value, grads = jax.jit(jax.value_and_grad(loss))(params)
     return float(value), jax.tree.leaves(grads)
 

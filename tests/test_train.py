@@ -403,6 +403,7 @@ def test_cli_help_and_bad_keys(capsys):
     ):
         assert key in text
     assert "sequence positions per fp32 logits block" in text  # model.loss_chunk's meaning
+    assert "auto | xla | cudnn | pallas_gpu | splash" in text
     assert cli.main(["--stage", "1", "optim.no_such_key=1"]) == 2
     assert "unknown key 'optim.no_such_key'" in capsys.readouterr().err
     assert cli.main(["--stage", "1", "mesh.layout=zero3"]) == 2

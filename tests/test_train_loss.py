@@ -41,12 +41,27 @@ def test_chunked_equals_plain(chunk):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_bf16_hidden_gives_the_head_an_fp32_gradient():
-    """The head's gradient is summed over blocks in fp32, not in bf16."""
+def _scan_carries(jaxpr, shape) -> list[str]:
+    """dtypes of every scan output of `shape`, at any depth of the jaxpr."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            found += [str(v.aval.dtype) for v in eqn.outvars if v.aval.shape == shape]
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", None)
+            if inner is not None:
+                found += _scan_carries(getattr(inner, "jaxpr", inner), shape)
+    return found
+
+
+def test_bf16_hidden_sums_the_head_gradient_in_fp32():
+    """bf16 blocks, but the head's gradient is carried over the blocks in fp32
+    (a head cast before the scan would carry, and round, it in bf16)."""
     hidden, head, targets = data(n=4 * 32)
     x, t = hidden.reshape(4, 32, -1).astype(jnp.bfloat16), targets.reshape(4, 32)
-    g = jax.grad(lambda w: chunked_loss_sum(x, w, t, 4)[0])(head)
-    assert g.dtype == jnp.float32
+    grad = jax.grad(lambda w: chunked_loss_sum(x, w, t, 4)[0])
+    assert _scan_carries(jax.make_jaxpr(grad)(head).jaxpr, head.shape) == ["float32"]
+    g = grad(head)
     flat_x, flat_t = x.reshape(128, -1), t.reshape(-1)
     g_ref = jax.grad(lambda w: plain_loss_sum(flat_x, w.astype(x.dtype), flat_t)[0])
     ref = np.asarray(g_ref(head), np.float32)

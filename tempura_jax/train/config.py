@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from tempura_jax.data.config import DataConfig
+from tempura_jax.ops.attention import IMPLS
 from tempura_jax.overrides import option
 from tempura_jax.train.optim import OptimConfig
 
@@ -27,18 +28,11 @@ class ModelSetup:
     compute_dtype: str = option(
         "auto", "activations and matmuls; auto: float32 on CPU, bfloat16 on GPU/TPU"
     )
-    attention_impl: str = option(
-        "xla",
-        "auto | xla | cudnn | pallas_gpu | splash (one dispatcher: tempura_jax.ops.attention)",
-    )
-    remat_decoder: str = option(
-        "none", "rematerialisation per decoder layer: none | full | dots | dots_no_batch"
-    )
-    remat_vision: str = option(
-        "none", "rematerialisation per vision block: none | full | dots | dots_no_batch"
-    )
+    attention_impl: str = option("xla", " | ".join(IMPLS) + " (tempura_jax.ops.attention)")
+    remat_decoder: str = option("none", "per decoder layer: " + " | ".join(REMAT_POLICIES))
+    remat_vision: str = option("none", "per vision block: " + " | ".join(REMAT_POLICIES))
     loss_chunk: int = option(
-        1024, "sequence positions per fp32 logits block in the loss; 0 = full logits"
+        512, "sequence positions per fp32 logits block in the loss (per_device x chunk x vocab)"
     )
 
     def __post_init__(self):

@@ -57,7 +57,8 @@ def _in_cluster() -> bool:
 
 def _on_tpu_vm() -> bool:
     """A Cloud TPU VM: JAX finds the slice's other hosts (GCE metadata or GKE
-    variables) itself, so initialise even without a launcher's variables."""
+    variables) itself, so initialise even without a launcher's variables (a
+    single-host VM becomes a one-process cluster, which changes nothing)."""
     try:
         from jax._src.cloud_tpu_init import running_in_cloud_tpu_vm  # private; may move
     except ImportError:
