@@ -5,7 +5,9 @@ import warnings
 import numpy as np
 import pytest
 
+from tempura_jax.data import processor
 from tempura_jax.data.processor import PixelConfig, process_frames, smart_resize
+from tempura_jax.data.rgbx import rgbx_base
 
 SETTINGS = [
     ((180, 320), 320 * 180, 320 * 180),  # TEMPURA: 336x196
@@ -17,14 +19,29 @@ SETTINGS = [
 ]
 
 
+def rgbx_views(frames, rng):
+    """The frames as the video reader hands them over: RGB views of RGBX
+    buffers, whose fourth byte (random here) must be ignored."""
+    out = []
+    for f in frames:
+        rgbx = rng.integers(0, 256, (*f.shape[:2], 4), dtype=np.uint8)
+        rgbx[..., :3] = f
+        out.append(rgbx[..., :3])
+    return out
+
+
+@pytest.mark.parametrize("layout", ["rgb", "rgbx_view"])
 @pytest.mark.parametrize("size,min_pixels,max_pixels", SETTINGS)
-def test_images_equal_hf_processor(size, min_pixels, max_pixels):
+def test_images_equal_hf_processor(size, min_pixels, max_pixels, layout):
     from transformers import Qwen2VLImageProcessor
 
     rng = np.random.default_rng(sum(size))
     frames = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(3)]
     hf = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     ref = hf(images=frames, return_tensors="np")
+    if layout == "rgbx_view":
+        frames = rgbx_views(frames, rng)
+        assert all(rgbx_base(f) is not None for f in frames)
     rows, grid = process_frames(frames, PixelConfig(min_pixels=min_pixels, max_pixels=max_pixels))
     np.testing.assert_array_equal(grid, ref["image_grid_thw"])
     assert rows.shape == ref["pixel_values"].shape and rows.dtype == np.float32
@@ -79,3 +96,15 @@ def test_smart_resize_equals_hf():
             assert smart_resize(h, w, 28, lo, hi) == hf_resize(h, w, 28, lo, hi)
     with pytest.raises(ValueError, match="zero-size"):
         smart_resize(0, 10)
+
+
+def test_pillow_maps_rgbx_frames_in_place():
+    """The decoder's RGBX frames reach PIL without a copy on this Pillow (the
+    copy fallback is exact too, but costs a sixth of a 1080p resize); only
+    exact RGB views of a whole RGBX buffer qualify."""
+    assert processor._can_map(), "Pillow internals changed: frames are copied into PIL"
+    rgbx = np.zeros((6, 8, 4), np.uint8)
+    assert rgbx_base(rgbx[..., :3]) is rgbx
+    assert rgbx_base(rgbx[..., 1:]) is None  # not the first three channels
+    assert rgbx_base(rgbx[1:, :, :3]) is None  # part of the buffer
+    assert rgbx_base(np.zeros((6, 8, 3), np.uint8)) is None

@@ -69,3 +69,18 @@ def test_cached_rendering_is_shared_and_read_only():
     np.testing.assert_array_equal(a[y0:y1, x0:x1], b[y0:y1, x0:x1])
     a[y0:y1, x0:x1] = 77  # the frame owns its pixels; the cache is unaffected
     np.testing.assert_array_equal(stamp(grey(), 4.0)[y0:y1, x0:x1], b[y0:y1, x0:x1])
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_rgbx_view_frames_get_the_same_stamp(inplace):
+    """A decoder frame (RGB view of an RGBX buffer) is stamped through its
+    buffer, whole pixels at a time, with the pixels a plain frame gets."""
+    rng = np.random.default_rng(0)
+    rgbx = rng.integers(0, 256, (180, 320, 4), dtype=np.uint8)
+    view, plain, before = rgbx[..., :3], np.ascontiguousarray(rgbx[..., :3]), rgbx.copy()
+    out = stamp(view, 12.5, inplace=inplace)
+    np.testing.assert_array_equal(out, stamp(plain, 12.5))
+    if inplace:
+        assert out is view  # drawn through the buffer
+    else:
+        np.testing.assert_array_equal(rgbx, before)

@@ -13,6 +13,7 @@ Decoding is one sequential pass that converts only the picked frames to RGB.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -156,15 +157,14 @@ def _clip_window(times: np.ndarray, clip: tuple[float, float] | None, last_end: 
     return keep, start, duration
 
 
-def _open_video(path: str, threads: int, probe_keyframes_only: bool = False):
-    """`probe_keyframes_only`: the stream probe decodes keyframes only, for
-    readers that need packets and stream geometry but no pixels (the probe
-    otherwise decodes several frames: 14 ms per 1080p file)."""
+def _open_video(path: str, threads: int):
+    """The stream probe decodes keyframes only: a default probe decodes
+    several frames (14 ms per 1080p file), and neither pass needs them (the
+    geometry comes from the container, the decoder finds its pixel format)."""
     import av
 
-    probe = [{"skip_frame": "nonkey"}] if probe_keyframes_only else None
     try:
-        container = av.open(path, stream_options=probe)
+        container = av.open(path, stream_options=[{"skip_frame": "nonkey"}])
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
         raise MediaError(f"{path}: cannot open video ({type(e).__name__}: {e})") from e
     if not container.streams.video:
@@ -181,7 +181,7 @@ def video_timeline(path: str | Path, clip=None, threads: int = 1) -> Timeline:
     import av
 
     path = str(path)
-    container, stream = _open_video(path, threads, probe_keyframes_only=True)
+    container, stream = _open_video(path, threads)
     try:
         pts, keyframes = [], []
         last_duration = 0
@@ -270,6 +270,33 @@ def timeline(path: str | Path, clip=None, sampling: Sampling = Sampling()) -> Ti
     return video_timeline(path, clip, sampling.decode_threads)
 
 
+@functools.lru_cache(maxsize=64)
+def _rgbx_exact(width: int, height: int, fmt: str, colorspace: int, color_range: int) -> bool:
+    """Whether swscale converts such frames to RGBX exactly as to RGB. Not
+    always: FFmpeg 7's x86 RGBX path writes garbage into the last columns of
+    frames 2 or 4 (mod 16) pixels wide. Checked once per kind of frame, on
+    random pixels."""
+    import av
+
+    probe = av.VideoFrame(width, height, fmt)
+    probe.colorspace, probe.color_range = colorspace, color_range
+    rng = np.random.default_rng(0)
+    for plane in probe.planes:
+        data = np.frombuffer(plane, np.uint8)
+        data[:] = rng.integers(0, 256, data.size, dtype=np.uint8)
+    rgb = probe.to_ndarray(format="rgb24")
+    return np.array_equal(probe.to_ndarray(format="rgba")[..., :3], rgb)
+
+
+def _to_rgb(frame) -> np.ndarray:
+    """(H, W, 3) uint8: where exact, an RGB view of an RGBX buffer, which PIL
+    resizes without a copy (processor.resize_frame)."""
+    kind = (frame.width, frame.height, frame.format.name, frame.colorspace, frame.color_range)
+    if _rgbx_exact(*kind):
+        return frame.to_ndarray(format="rgba")[..., :3]
+    return frame.to_ndarray(format="rgb24")
+
+
 def _decode_video(tl: Timeline, idx: np.ndarray, sampling: Sampling, on_frame: Callable) -> list:
     """Decode the frames at `idx`, in order, calling `on_frame(k, rgb)` on each.
 
@@ -298,7 +325,7 @@ def _decode_video(tl: Timeline, idx: np.ndarray, sampling: Sampling, on_frame: C
         for frame in frames:
             j = wanted.get(frame.pts) if frame.pts is not None else None
             if j is not None and out[j] is None:
-                out[j] = on_frame(j, frame.to_ndarray(format="rgb24"))
+                out[j] = on_frame(j, _to_rgb(frame))
 
     first = 0  # the earliest sampled frame whose packet has not been read
     try:
@@ -379,7 +406,9 @@ def read_clip(
         shape = shape or frame.shape
         if frame.shape != shape:
             raise MediaError(f"{tl.path}: frames change size: {shape} then {frame.shape}")
-        return on_frame(k, frame) if on_frame is not None else frame
+        if on_frame is None:  # kept at full size: drop the decoder's fourth byte
+            return np.ascontiguousarray(frame)
+        return on_frame(k, frame)
 
     if Path(tl.path).is_dir():
         frames = [checked(k, _read_frame(tl.keys[i])) for k, i in enumerate(picks.idx)]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tempura_jax.data.rgbx import rgbx_base
 from tempura_jax.overrides import option
 
 POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -73,9 +74,9 @@ def _rendered(width: int, height: int, text: str, cfg: StampConfig):
     pad = int(round(size * cfg.margin))
     box = Image.new("RGB", (x1 - x0, y1 - y0))
     ImageDraw.Draw(box).text((pad, pad), text, font=_font(cfg.font, size), fill=(255, 255, 255))
-    pixels = np.asarray(box)
-    pixels.flags.writeable = False
-    return (slice(y0, y1), slice(x0, x1)), pixels
+    rgb, rgbx = np.asarray(box), np.asarray(box.convert("RGBX"))  # both: copies stay contiguous
+    rgb.flags.writeable = rgbx.flags.writeable = False
+    return (slice(y0, y1), slice(x0, x1)), rgb, rgbx
 
 
 def stamp(
@@ -86,7 +87,11 @@ def stamp(
     if not cfg.enabled:
         return frame
     height, width = frame.shape[:2]
-    where, pixels = _rendered(width, height, cfg.format.format(t=t), cfg)
+    where, rgb, rgbx = _rendered(width, height, cfg.format.format(t=t), cfg)
     out = frame if inplace else frame.copy()
-    out[where] = pixels
+    base = rgbx_base(out)
+    if base is not None:  # whole pixels: a contiguous copy, not a strided one
+        base[where] = rgbx
+    else:
+        out[where] = rgb
     return out
