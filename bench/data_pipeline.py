@@ -10,7 +10,9 @@ patchify). Each measurement runs in a fresh child process that reads every
 video `--repeats` times; per-core throughput is frames / (user + sys CPU
 seconds of the child, all threads), so decoder threads do not flatter either
 side. `--trials` rounds run every implementation once each, interleaved; the
-report gives the best round (the least disturbed) and the ratio of medians.
+report gives each side's best round (the least disturbed), the ratio of
+medians, and the median of the per-round ratios (a round's children run
+back to back, so they share the machine's state then).
 The reference environment is made by bench/reference_env/setup.sh.
 """
 
@@ -218,11 +220,21 @@ def main(argv=None) -> int:
                 r["speedup_of_medians"] = round(
                     r["median_frames_per_core_s"] / rows[ref_name]["median_frames_per_core_s"], 2
                 )
+                paired = [
+                    a / b
+                    for a, b in zip(
+                        r["trials_frames_per_core_s"],
+                        rows[ref_name]["trials_frames_per_core_s"],
+                        strict=True,
+                    )
+                ]
+                r["median_round_speedup"] = round(statistics.median(paired), 2)
             results.append({"video": name, "impl": impl, **r})
             print(
                 f"{name:6s} {impl:58s} {r['frames_per_core_s']:8.2f} frames/core-s  "
                 f"x{r.get('speedup_per_core_vs_reference', float('nan')):.2f} "
-                f"(medians x{r.get('speedup_of_medians', float('nan')):.2f})"
+                f"(medians x{r.get('speedup_of_medians', float('nan')):.2f}, "
+                f"per round x{r.get('median_round_speedup', float('nan')):.2f})"
             )
     report = {
         "machine": f"CPU only: {platform.machine()}, {os.cpu_count()} cores, no GPU",

@@ -219,3 +219,7 @@ def test_decoded_frames_equal_an_rgb_decode(tmp_path, width):
         np.testing.assert_array_equal(a, ref[int(tl.keys[i])])
         np.testing.assert_array_equal(b, a)
         assert b.flags.c_contiguous and b.shape == (48, width, 3)
+
+
+def test_a_frame_kind_that_cannot_be_checked_gets_plain_rgb():
+    assert media._rgbx_exact(80, 48, "no_such_format", 2, 0) is False

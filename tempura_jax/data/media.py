@@ -275,17 +275,20 @@ def _rgbx_exact(width: int, height: int, fmt: str, colorspace: int, color_range:
     """Whether swscale converts such frames to RGBX exactly as to RGB. Not
     always: FFmpeg 7's x86 RGBX path writes garbage into the last columns of
     frames 2 or 4 (mod 16) pixels wide. Checked once per kind of frame, on
-    random pixels."""
+    random pixels; a kind that cannot be checked gets plain RGB."""
     import av
 
-    probe = av.VideoFrame(width, height, fmt)
-    probe.colorspace, probe.color_range = colorspace, color_range
-    rng = np.random.default_rng(0)
-    for plane in probe.planes:
-        data = np.frombuffer(plane, np.uint8)
-        data[:] = rng.integers(0, 256, data.size, dtype=np.uint8)
-    rgb = probe.to_ndarray(format="rgb24")
-    return np.array_equal(probe.to_ndarray(format="rgba")[..., :3], rgb)
+    try:
+        probe = av.VideoFrame(width, height, fmt)
+        probe.colorspace, probe.color_range = colorspace, color_range
+        rng = np.random.default_rng(0)
+        for plane in probe.planes:
+            data = np.frombuffer(plane, np.uint8)
+            data[:] = rng.integers(0, 256, data.size, dtype=np.uint8)
+        rgb = probe.to_ndarray(format="rgb24")
+        return np.array_equal(probe.to_ndarray(format="rgba")[..., :3], rgb)
+    except Exception:  # noqa: BLE001 - e.g. a pixel format PyAV cannot build or convert
+        return False
 
 
 def _to_rgb(frame) -> np.ndarray:
