@@ -79,7 +79,7 @@ def collate(
     shape = shape or batch_shape(examples, cfg)
     s, p = shape
     unit = model_cfg.vision.merge_unit
-    dtype = np.dtype(cfg.pixel_dtype) if cfg.pixel_dtype == "float32" else _bf16()
+    dtype = pixel_dtype(cfg)
     out = {
         "input_ids": np.full((b, s), pad_id, np.int32),
         "segment_ids": np.zeros((b, s), np.int32),
@@ -120,7 +120,9 @@ def collate(
     return out
 
 
-def _bf16():
+def pixel_dtype(cfg: DataConfig) -> np.dtype:
+    if cfg.pixel_dtype == "float32":
+        return np.dtype(np.float32)
     import ml_dtypes
 
     return np.dtype(ml_dtypes.bfloat16)
@@ -136,17 +138,18 @@ VISION_KEYS = (
 )
 
 
-def model_inputs(batch: dict[str, np.ndarray]) -> ModelInputs:
+def model_inputs(batch: dict[str, np.ndarray], right_padded: bool = True) -> ModelInputs:
     """The model's view of a batch (vision inputs keep their batch axis).
     `collate` writes one sample per row (ids 1, then 0), so rows are right
-    padded by construction; the trainer checks each host batch."""
+    padded by construction; the trainer checks each host batch. Packed rows
+    (`collate_packed`) are not: pass `right_padded=False`."""
     return ModelInputs(
         input_ids=batch["input_ids"],
         segment_ids=batch["segment_ids"],
         position_ids=batch["position_ids"],
         num_image_tokens=batch["num_image_tokens"],
         vision=VisionInputs(**{k: batch[k] for k in VISION_KEYS}),
-        right_padded=True,
+        right_padded=right_padded,
     )
 
 

@@ -48,6 +48,19 @@ class DataConfig:
     )
     patch_bucket_min: int = option(1024, "smallest padded vision patch count")
     patch_bucket_growth: float = option(1.25, "ratio between padded patch counts")
+    packing: bool = option(
+        False,
+        "pack several samples per row up to (max_seq_len, pack_patches): one step shape "
+        "for the whole run instead of (sequence, patch) buckets",
+    )
+    pack_patches: int = option(
+        0,
+        "vision patches per packed row (a multiple of merge_size^2); 0 = "
+        "merge_size^2 x max_seq_len, which never binds",
+    )
+    pack_window: int = option(
+        64, "rows open at once while packing (first fit within them): more fill, more reordering"
+    )
     batch_size: int = option(1, "records per batch per process (training sets it from batch.*)")
     seed: int = option(0, "shuffle seed")
     shuffle: bool = option(True, "reshuffle the records every epoch")
@@ -79,11 +92,22 @@ class DataConfig:
             raise ValueError("bucket growth factors must be > 1")
         if not 0 <= self.max_skip_fraction <= 1:
             raise ValueError(f"max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
+        unit = self.pixels.merge_size**2
+        if self.pack_patches < 0 or self.pack_patches % unit or self.pack_window < 1:
+            raise ValueError(
+                f"pack_patches must be a non-negative multiple of {unit} and pack_window >= 1, "
+                f"got {self.pack_patches} and {self.pack_window}"
+            )
         if self.batch_size < 1 or self.max_seq_len < 16:
             raise ValueError("batch_size must be >= 1 and max_seq_len >= 16")
 
     def replace(self, **kw) -> DataConfig:
         return dataclasses.replace(self, **kw)
+
+    @property
+    def row_patches(self) -> int:
+        """Patches per packed row."""
+        return self.pack_patches or self.pixels.merge_size**2 * self.max_seq_len
 
     @property
     def as_video(self) -> bool:

@@ -22,6 +22,14 @@ import numpy as np
 from tempura_jax.config import ModelConfig
 from tempura_jax.data.batching import collate
 from tempura_jax.data.config import DataConfig
+from tempura_jax.data.packing import (
+    BatchPackedRows,
+    BuildRow,
+    CollatePacked,
+    PackedRows,
+    PackPlan,
+    plan_dataset,
+)
 from tempura_jax.data.records import Problem, Record, load_records
 from tempura_jax.data.sample import Example, ExampleBuilder, SampleError
 from tempura_jax.data.skips import SkipLog
@@ -157,7 +165,8 @@ class Dataset:
     records: list[Record]  # all processes' records, in file order
     skips: SkipLog
     shard: Shard
-    rows_per_step: int  # this process's records per global batch (a multiple of batch_size)
+    rows_per_step: int  # this process's rows per global batch (a multiple of batch_size)
+    plan: PackPlan | None = None  # data.packing: the packed rows of every epoch
 
     @property
     def global_batch(self) -> int:
@@ -166,6 +175,8 @@ class Dataset:
     @property
     def steps_per_epoch(self) -> int:
         """Global batches per epoch (every process runs this many)."""
+        if self.plan is not None:
+            return self.plan.steps_per_epoch
         return len(self.records) // self.global_batch
 
     @property
@@ -175,18 +186,28 @@ class Dataset:
 
     def grain_dataset(self, drop_remainder: bool = True) -> grain.IterDataset:
         cfg = self.cfg
-        ds = grain.MapDataset.source(self.records)
-        if cfg.shuffle:
-            ds = ds.shuffle(seed=cfg.seed)
-        ds = BlockShard(ds, self.shard, self.rows_per_step).repeat(cfg.num_epochs)
-        ds = ds.map(BuildExample(cfg, self.model_cfg)).to_iter_dataset(
-            grain.ReadOptions(
-                num_threads=cfg.read_threads,
-                prefetch_buffer_size=2 * cfg.read_threads * cfg.batch_size,
-            )
+        options = grain.ReadOptions(
+            num_threads=cfg.read_threads,
+            prefetch_buffer_size=2 * cfg.read_threads * cfg.batch_size,
         )
         pad_id = Tokenizer(cfg.tokenizer).pad_id
-        ds = BatchExamples(ds, cfg.batch_size, Collate(cfg, self.model_cfg, pad_id), drop_remainder)
+        if self.plan is not None:
+            rows = PackedRows(self.records, self.plan, self.shard.index, self.rows_per_step)
+            ds = rows.repeat(cfg.num_epochs).map(BuildRow(cfg, self.model_cfg))
+            ds = BatchPackedRows(
+                ds.to_iter_dataset(options),
+                cfg.batch_size,
+                CollatePacked(cfg, self.model_cfg, pad_id),
+            )
+        else:
+            ds = grain.MapDataset.source(self.records)
+            if cfg.shuffle:
+                ds = ds.shuffle(seed=cfg.seed)
+            ds = BlockShard(ds, self.shard, self.rows_per_step).repeat(cfg.num_epochs)
+            ds = ds.map(BuildExample(cfg, self.model_cfg)).to_iter_dataset(options)
+            ds = BatchExamples(
+                ds, cfg.batch_size, Collate(cfg, self.model_cfg, pad_id), drop_remainder
+            )
         if cfg.workers > 0:
             _absl_flags_parsed()
             ds = ds.mp_prefetch(
@@ -261,4 +282,19 @@ def load_dataset(
             f"{len(records)} usable records in {list(cfg.data)} do not fill one global batch "
             f"of {rows * shard.count}: {skips.summary()}"
         )
-    return Dataset(cfg, model_cfg, records, skips, shard, rows)
+    plan = None
+    if cfg.packing:
+        # Every process measures and plans alike; each counts the rejects it owns.
+        plan, rejected = plan_dataset(records, cfg, model_cfg, rows * shard.count)
+        for i, p in rejected:
+            if i % shard.count == shard.index:
+                log.warning("skipped %s", p)
+                skips.add(p, fatal_check=False)
+        skips.check()
+        if plan.steps_per_epoch < 1:
+            raise ValueError(
+                f"{len(plan.lengths)} usable records in {list(cfg.data)} pack into "
+                f"{len(plan.rows(0))} rows of ({cfg.max_seq_len} tokens, {cfg.row_patches} "
+                f"patches), fewer than one global batch of {rows * shard.count}"
+            )
+    return Dataset(cfg, model_cfg, records, skips, shard, rows, plan)

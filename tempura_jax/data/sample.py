@@ -100,25 +100,50 @@ class ExampleBuilder:
         return rec.system if rec.system is not None else self.cfg.system_prompt
 
     def _fit(self, rec: Record, tl: media.Timeline, picks: media.Picks) -> media.Picks:
-        """Drop frames uniformly until the sequence fits max_seq_len."""
+        """Drop frames uniformly until the sequence fits max_seq_len (and, when
+        packing, the vision patches fit one packed row)."""
         budget = self.cfg.max_seq_len - self._text_length(rec)
         if budget <= 0:
             raise SampleError(rec.source, "too_long", "the text alone exceeds max_seq_len")
+        merge = self.cfg.pixels.merge_size**2
+        patch_budget = self.cfg.row_patches if self.cfg.packing else math.inf
 
-        def cost(n):
-            return sum(t + 2 for t in self._tokens_per_block(n, tl))
+        def fits(n):
+            blocks = self._tokens_per_block(n, tl)
+            return sum(t + 2 for t in blocks) <= budget and merge * sum(blocks) <= patch_budget
 
         n = len(picks)
-        while n > 0 and cost(n) > budget:
+        while n > 0 and not fits(n):
             n -= 1
         if n < min(self.cfg.sampling.min_frames, len(picks)):
+            limit = f"max_seq_len={self.cfg.max_seq_len}" + (
+                f", pack_patches={patch_budget}" if self.cfg.packing else ""
+            )
             raise SampleError(
                 rec.source,
                 "too_long",
-                f"only {n} frames fit max_seq_len={self.cfg.max_seq_len} "
-                f"(min_frames={self.cfg.sampling.min_frames})",
+                f"only {n} frames fit {limit} (min_frames={self.cfg.sampling.min_frames})",
             )
         return picks.subset(n) if n < len(picks) else picks
+
+    def measure(self, rec: Record) -> tuple[int, int]:
+        """(tokens, patches) that `build` will give this record, from the
+        container's packet times and the sampling config alone (no pixel is
+        decoded): what packing plans rows with. Raises SampleError for the
+        records `build` rejects before decoding."""
+        cfg = self.cfg
+        try:
+            tl = media.timeline(rec.media, rec.clip, cfg.sampling)
+            picks = media.select(tl.times, tl.duration, cfg.sampling)
+        except media.MediaError as e:
+            raise SampleError(rec.source, "bad_media", str(e)) from e
+        self._check_task(rec, tl.duration)
+        picks = self._fit(rec, tl, picks)
+        if len(picks) == 0:
+            raise SampleError(rec.source, "bad_media", f"{tl.path}: no frames sampled")
+        blocks = self._tokens_per_block(len(picks), tl)
+        ids, _ = self._chat(rec, vision_tokens(self.tok, blocks, cfg.as_video))
+        return len(ids), cfg.pixels.merge_size**2 * sum(blocks)
 
     def _check_task(self, rec: Record, duration: float) -> bool:
         """Returns whether the record is a masked (stage-1) record."""

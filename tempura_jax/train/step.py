@@ -65,6 +65,8 @@ class StepFns:
     opt_shardings: Any
     loss_chunk: int | None
     grad_shardings: State | None = None  # default: the parameters' layout
+    # Static: rows are one sample then padding (bucketed), not packed rows.
+    right_padded: bool = True
 
     @classmethod
     def build(
@@ -75,9 +77,11 @@ class StepFns:
         mesh: Mesh,
         layout: str,
         loss_chunk: int | None,
+        right_padded: bool = True,
     ) -> StepFns:
         """Shardings from the parameters' logical axes under a layout: the
-        optimiser state follows the parameters it belongs to."""
+        optimiser state follows the parameters it belongs to. `right_padded`:
+        False for packed rows (`data.packing`)."""
         param_rules, opt_rules = layout_rules(layout)
         param_sh = named(variable_specs(train, mesh, param_rules), mesh)
         # Gradient sums live in the optimiser's layout: under zero2 they are
@@ -85,7 +89,9 @@ class StepFns:
         grad_sh = named(variable_specs(train, mesh, opt_rules), mesh)
         opt_shapes = jax.eval_shape(tx.init, train)
         opt_specs = like_params(opt_shapes, train, variable_specs(train, mesh, opt_rules))
-        return cls(graphdef, tx, param_sh, named(opt_specs, mesh), loss_chunk, grad_sh)
+        return cls(
+            graphdef, tx, param_sh, named(opt_specs, mesh), loss_chunk, grad_sh, right_padded
+        )
 
     def __post_init__(self):
         grads = self.grad_shardings or self.param_shardings
@@ -107,7 +113,7 @@ class StepFns:
 
     def _loss(self, train: State, frozen: State, batch: dict) -> tuple[jax.Array, jax.Array]:
         model = nnx.merge(self.graphdef, train, frozen)
-        hidden = model.forward(model_inputs(batch))
+        hidden = model.forward(model_inputs(batch, self.right_padded))
         # The head stays in its master dtype: the loss casts it per block.
         return lm_loss_sum(hidden, model.head_weight(), batch["labels"], self.loss_chunk)
 

@@ -204,6 +204,8 @@ class Trainer:
         )
         self.pad_id = Tokenizer(self.data_cfg.tokenizer).pad_id
         self.skipped = 0  # records skipped by all processes, as of the last batch
+        self.shapes: set[tuple[int, int]] = set()  # (sequence, patches) step shapes run so far
+        self.capacity = np.zeros(2)  # this step's token and patch slots, padding included
         self.total_steps = cfg.epochs * self.dataset.steps_per_epoch
         self.run_steps = min(self.total_steps, cfg.max_steps or self.total_steps)
         if self.total_steps < 1:
@@ -224,6 +226,9 @@ class Trainer:
         "data.data",
         "data.seed",
         "data.shuffle",
+        "data.packing",
+        "data.pack_patches",
+        "data.pack_window",
         "optim.warmup_ratio",
     )
 
@@ -271,7 +276,13 @@ class Trainer:
         if not jax.tree.leaves(train):
             raise ValueError("every parameter is frozen: nothing to train")
         self.fns = StepFns.build(
-            graphdef, train, self.tx, mesh, cfg.mesh.layout, cfg.model.loss_chunk or None
+            graphdef,
+            train,
+            self.tx,
+            mesh,
+            cfg.mesh.layout,
+            cfg.model.loss_chunk or None,
+            right_padded=not self.data_cfg.packing,
         )
         p_train, opt_sh = self.fns.param_shardings, self.fns.opt_shardings
         p_frozen = named(variable_specs(frozen, mesh, self.param_rules), mesh)
@@ -308,7 +319,8 @@ class Trainer:
         """This process's rows -> global arrays; all processes agree on one
         bucket shape first. Returns the batch and its model FLOPs (all rows)."""
         local = {k: v for k, v in local.items() if k != "sources"}
-        if not is_right_padded(local["segment_ids"]):  # what `model_inputs` states
+        # What `model_inputs` states; packed rows say right_padded=False instead.
+        if not self.data_cfg.packing and not is_right_padded(local["segment_ids"]):
             raise ValueError("batch rows are not one sample followed by padding")
         flops = batch_flops(local, self.model_cfg, *self.passes)
         self.skipped = self.dataset.skips.skipped
@@ -332,6 +344,9 @@ class Trainer:
         arrays = {
             k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()
         }
+        (b, s), p = arrays["input_ids"].shape, arrays["pixel_values"].shape[1]
+        self.shapes.add((s, p))
+        self.capacity += (b * s, b * p)
         return arrays, flops
 
     # -- the loop -------------------------------------------------------------------------
@@ -368,6 +383,7 @@ class Trainer:
                 # One micro-batch per step runs as one program (fns.step): no gradient sums.
                 acc = self.fns.zeros(train) if self.accum > 1 else None
                 flops, data_time = 0.0, 0.0
+                self.capacity = np.zeros(2)
                 before = it.get_state()  # the data position this step starts from
                 try:
                     for _ in range(self.accum):
@@ -456,6 +472,9 @@ class Trainer:
             "data_time": data_time,
             "tokens_per_s": int(m["tokens"]) / dt,
             "skipped_records": self.skipped,  # all processes
+            "compiled_shapes": len(self.shapes),  # distinct step shapes (one compile each)
+            "padding_tokens": 1 - int(m["tokens"]) / max(self.capacity[0], 1),
+            "padding_patches": 1 - int(m["patches"]) / max(self.capacity[1], 1),
         }
         rec["mfu"] = flops / (dt * self.peak * n_dev) if self.peak else None
         return rec
