@@ -163,3 +163,15 @@ def test_packed_shards_are_disjoint(demo_data):
         assert parts[0][k] + parts[1][k] == batch
     names = [{s for row in p for r in row for s in r.split("\n")} for p in parts]
     assert names[0] and not names[0] & names[1]
+
+
+def test_pack_seq_len_rows_hold_longer_than_a_sample(demo_data):
+    """Rows of pack_seq_len tokens; each sample still fits max_seq_len."""
+    cfg = packed_cfg(demo_data, max_seq_len=400, pack_seq_len=1024, batch_size=1)
+    ds = load_dataset(cfg, MODEL)
+    rows = ds.plan.rows(0)
+    assert max(len(r) for r in rows) == 3
+    batch = next(iter(ds))
+    assert batch["input_ids"].shape == (1, 1024) and batch["pixel_values"].shape[1] == 4096
+    seg = batch["segment_ids"][0]
+    assert all(0 < (seg == j).sum() <= 400 for j in range(1, seg.max() + 1))

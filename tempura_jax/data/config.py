@@ -53,10 +53,15 @@ class DataConfig:
         "pack several samples per row up to (max_seq_len, pack_patches): one step shape "
         "for the whole run instead of (sequence, patch) buckets",
     )
+    pack_seq_len: int = option(
+        0,
+        "tokens per packed row; 0 = max_seq_len. Longer rows (fewer per device) fit "
+        "several long samples: less padding, same tokens per device",
+    )
     pack_patches: int = option(
         0,
         "vision patches per packed row (a multiple of merge_size^2); 0 = "
-        "merge_size^2 x max_seq_len, which never binds",
+        "merge_size^2 x the row's tokens, which never binds",
     )
     pack_window: int = option(
         64, "rows open at once while packing (first fit within them): more fill, more reordering"
@@ -93,6 +98,10 @@ class DataConfig:
         if not 0 <= self.max_skip_fraction <= 1:
             raise ValueError(f"max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
         unit = self.pixels.merge_size**2
+        if self.pack_seq_len and self.pack_seq_len < self.max_seq_len:
+            raise ValueError(
+                f"pack_seq_len {self.pack_seq_len} is below max_seq_len {self.max_seq_len}"
+            )
         if self.pack_patches < 0 or self.pack_patches % unit or self.pack_window < 1:
             raise ValueError(
                 f"pack_patches must be a non-negative multiple of {unit} and pack_window >= 1, "
@@ -105,9 +114,14 @@ class DataConfig:
         return dataclasses.replace(self, **kw)
 
     @property
+    def row_tokens(self) -> int:
+        """Tokens per packed row (a sample still holds at most max_seq_len)."""
+        return self.pack_seq_len or self.max_seq_len
+
+    @property
     def row_patches(self) -> int:
         """Patches per packed row."""
-        return self.pack_patches or self.pixels.merge_size**2 * self.max_seq_len
+        return self.pack_patches or self.pixels.merge_size**2 * self.row_tokens
 
     @property
     def as_video(self) -> bool:

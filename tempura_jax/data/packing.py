@@ -1,5 +1,5 @@
 """Packed rows (`data.packing=true`): several samples per row up to a fixed
-(max_seq_len tokens, row_patches patches), so a whole run compiles one step
+(row_tokens, row_patches) (data.pack_seq_len, data.pack_patches), so a whole run compiles one step
 shape instead of one per (sequence, patch) bucket.
 
 Each record's (tokens, patches) is measured once on the host from the
@@ -100,7 +100,7 @@ class PackPlan:
         global_rows: int,
     ):
         self.lengths, self.usable = lengths, usable
-        self.budget = (cfg.max_seq_len, cfg.row_patches)
+        self.budget = (cfg.row_tokens, cfg.row_patches)
         self.window, self.seed, self.shuffle = cfg.pack_window, cfg.seed, cfg.shuffle
         self.global_rows = global_rows
         self.steps_per_epoch = len(self.rows(0)) // global_rows
@@ -205,8 +205,8 @@ def collate_packed(
     pad_id: int,
     batch_size: int,
 ) -> dict[str, np.ndarray]:
-    """Packed rows -> the arrays `collate` writes, at (max_seq_len, row_patches)."""
-    s, p = cfg.max_seq_len, cfg.row_patches
+    """Packed rows -> the arrays `collate` writes, at (row_tokens, row_patches)."""
+    s, p = cfg.row_tokens, cfg.row_patches
     unit = model_cfg.vision.merge_unit
     out = {
         "input_ids": np.full((batch_size, s), pad_id, np.int32),

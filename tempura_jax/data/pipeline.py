@@ -294,7 +294,7 @@ def load_dataset(
         if plan.steps_per_epoch < 1:
             raise ValueError(
                 f"{len(plan.lengths)} usable records in {list(cfg.data)} pack into "
-                f"{len(plan.rows(0))} rows of ({cfg.max_seq_len} tokens, {cfg.row_patches} "
+                f"{len(plan.rows(0))} rows of ({cfg.row_tokens} tokens, {cfg.row_patches} "
                 f"patches), fewer than one global batch of {rows * shard.count}"
             )
     return Dataset(cfg, model_cfg, records, skips, shard, rows, plan)

@@ -227,6 +227,7 @@ class Trainer:
         "data.seed",
         "data.shuffle",
         "data.packing",
+        "data.pack_seq_len",
         "data.pack_patches",
         "data.pack_window",
         "optim.warmup_ratio",

@@ -1,0 +1,25 @@
+"""bench/train_efficiency.py on a small synthetic set: buckets give several
+step shapes, packing one; slots add up."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_train_efficiency_bench_small(tmp_path):
+    spec = importlib.util.spec_from_file_location("te", REPO / "bench" / "train_efficiency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "e.json"
+    args = ["--records", "600", "--devices", "1", "--epochs", "2", "--median-seconds", "30"]
+    assert bench.main([*args, "--pack", "8192/0/2,16384/auto/1", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["by_devices"]["1"]
+    assert max(r["buckets"]["shapes_per_epoch"]) > 1
+    assert 0 < r["buckets"]["padding_tokens"] < 1
+    for p in r["packed"]:
+        assert p["shapes_per_epoch"] == [1, 1] and p["samples_per_row"][0] > 1
+        assert 0 <= p["padding_tokens"] < r["buckets"]["padding_tokens"]
+        assert 0 <= p["padding_patches"] < 1
+    assert r["packed"][1]["step_shape"][1:] == [16384, r["packed"][1]["step_shape"][2]]
