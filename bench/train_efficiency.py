@@ -69,7 +69,7 @@ def fit(frames, text, tpf: int, seq: int, patches: float, min_frames: int):
 
 
 def measured(a, cfg: DataConfig) -> np.ndarray:
-    from tempura_jax.data.packing import measure_records
+    from tempura_jax.data.lengths import measure_records
     from tempura_jax.data.records import load_records
 
     records, _, _ = load_records(a.data, cfg.media_root)

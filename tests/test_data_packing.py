@@ -175,3 +175,27 @@ def test_pack_seq_len_rows_hold_longer_than_a_sample(demo_data):
     assert batch["input_ids"].shape == (1, 1024) and batch["pixel_values"].shape[1] == 4096
     seg = batch["segment_ids"][0]
     assert all(0 < (seg == j).sum() <= 400 for j in range(1, seg.max() + 1))
+
+
+def test_pack_lengths_cache(demo_data, tmp_path, monkeypatch):
+    """Measured once; a changed media file or data config is measured again."""
+    import os
+
+    from tempura_jax.data.lengths import measure_records
+
+    cache = tmp_path / "lengths.json"
+    cfg = packed_cfg(demo_data, pack_lengths=str(cache))
+    recs, _, _ = load_records(list(cfg.data), cfg.media_root)
+    first = measure_records(recs, cfg, MODEL)
+    assert cache.exists() and all(isinstance(m, tuple) for m in first)
+    calls = []
+    real = ExampleBuilder.measure
+    monkeypatch.setattr(ExampleBuilder, "measure", lambda s, r: calls.append(r) or real(s, r))
+    assert measure_records(recs, cfg, MODEL) == first and not calls  # all from the file
+    st = os.stat(recs[0].media)
+    os.utime(recs[0].media, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert measure_records(recs, cfg, MODEL) == first
+    assert {r.media for r in calls} == {recs[0].media}  # only that video's records again
+    calls.clear()
+    other = measure_records(recs, cfg.replace(max_seq_len=250), MODEL)  # frames dropped
+    assert len(calls) == len(recs) and other != first

@@ -220,6 +220,10 @@ def reference(train_data, tiny_init, tmp_path_factory, with_bad_records):
         assert r["tokens"] > r["target_tokens"] > 0 and r["step_time"] > 0
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["step_time"])
         assert r["mfu"] is None  # no peak FLOP/s is known for a CPU
+        assert 0 < r["padding_tokens"] < 1 and 0 < r["padding_patches"] < 1  # buckets pad
+    # Bucketed batches: one compiled shape per (sequence, patch) bucket met so far.
+    shapes = [r["compiled_shapes"] for r in got.values()]
+    assert shapes == sorted(shapes) and shapes[0] >= 1
     return got
 
 

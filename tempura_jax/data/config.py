@@ -63,6 +63,11 @@ class DataConfig:
         "vision patches per packed row (a multiple of merge_size^2); 0 = "
         "merge_size^2 x the row's tokens, which never binds",
     )
+    pack_lengths: str | None = option(
+        None,
+        "JSON file caching each record's measured (tokens, patches) for packing; "
+        "changed records and configs are measured again",
+    )
     pack_window: int = option(
         64, "rows open at once while packing (first fit within them): more fill, more reordering"
     )

@@ -22,9 +22,7 @@ unpacked). A record that fails while decoding leaves its space as padding.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grain
@@ -34,30 +32,11 @@ from tempura_jax.config import ModelConfig
 from tempura_jax.data.batching import pixel_dtype
 from tempura_jax.data.chat import IGNORE
 from tempura_jax.data.config import DataConfig
+from tempura_jax.data.lengths import measure_records
 from tempura_jax.data.records import Problem, Record
 from tempura_jax.data.sample import Example, ExampleBuilder, SampleError
 from tempura_jax.data.tokenizer import Tokenizer
 from tempura_jax.model.vision_geometry import vision_geometry
-
-log = logging.getLogger(__name__)
-
-
-def measure_records(
-    records: Sequence[Record], cfg: DataConfig, model_cfg: ModelConfig
-) -> list[tuple[int, int] | Problem]:
-    """Each record's (tokens, patches), or the Problem that rejects it."""
-    builder = ExampleBuilder(cfg, Tokenizer(cfg.tokenizer), model_cfg)
-
-    def one(rec: Record) -> tuple[int, int] | Problem:
-        try:
-            return builder.measure(rec)
-        except SampleError as e:
-            return Problem(e.source, e.reason, e.detail)
-        except Exception as e:  # noqa: BLE001 - one bad record must not end the run
-            return Problem(rec.source, "error", f"{type(e).__name__}: {e}")
-
-    with ThreadPoolExecutor(max(1, cfg.read_threads)) as pool:
-        return list(pool.map(one, records))
 
 
 def first_fit(
