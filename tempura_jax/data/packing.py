@@ -9,8 +9,8 @@ seeded record order, then first fit into the open rows of a window. Global
 step k is rows [k*G, (k+1)*G) of the plan and process i reads rows
 [i*R, (i+1)*R) of it, like `BlockShard`; the iterator state is one index, so
 a resume is exact. steps_per_epoch comes from epoch 0's plan: a later epoch
-with more rows drops its last ones (the fullest rows come first), one with
-fewer ends in empty rows.
+with more rows drops its last ones (those still open when the records ran
+out, the least full), one with fewer ends in empty rows.
 
 Within a row, sample j has decoder segment id j + 1 (padding 0), its own
 rope positions (from 0, as unpacked), its own vision frames and windows (the
@@ -86,7 +86,7 @@ class PackPlan:
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 - one plan per process, a few epochs live
     def rows(self, epoch: int) -> list[list[int]]:
-        """Data-set record indices per row, fullest-first order of closing."""
+        """Data-set record indices per row, in the order the rows closed."""
         n = len(self.lengths)
         order = (
             np.random.default_rng([self.seed, epoch]).permutation(n)
