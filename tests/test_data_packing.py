@@ -199,3 +199,27 @@ def test_pack_lengths_cache(demo_data, tmp_path, monkeypatch):
     calls.clear()
     other = measure_records(recs, cfg.replace(max_seq_len=250), MODEL)  # frames dropped
     assert len(calls) == len(recs) and other != first
+
+
+def test_a_record_failing_to_decode_leaves_padding(demo_data, monkeypatch):
+    from tempura_jax.data.sample import SampleError
+
+    cfg = packed_cfg(demo_data, batch_size=1, max_skip_fraction=0.5)
+    ds = load_dataset(cfg, MODEL)
+    bad = ds.records[ds.plan.rows(0)[0][0]]  # the first sample of the first row
+    real = ExampleBuilder.build
+
+    def build(self, rec):
+        if rec.source == bad.source:
+            raise SampleError(rec.source, "bad_media", "truncated (test)")
+        return real(self, rec)
+
+    monkeypatch.setattr(ExampleBuilder, "build", build)
+    it = iter(ds)
+    first = next(it)
+    planned = ds.plan.rows(0)[0]
+    names = first["sources"][0].split("\n")
+    assert bad.source not in names and len(names) == len(planned) - 1
+    assert first["segment_ids"].max() == len(planned) - 1  # the rest packed, the gap is padding
+    assert ds.skips.counts["bad_media"] == 1
+    assert first["input_ids"].shape == (1, cfg.max_seq_len)
