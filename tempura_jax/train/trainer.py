@@ -474,8 +474,8 @@ class Trainer:
             "tokens_per_s": int(m["tokens"]) / dt,
             "skipped_records": self.skipped,  # all processes
             "compiled_shapes": len(self.shapes),  # distinct step shapes (one compile each)
-            "padding_tokens": 1 - int(m["tokens"]) / max(self.capacity[0], 1),
-            "padding_patches": 1 - int(m["patches"]) / max(self.capacity[1], 1),
+            "padding_tokens": 1 - int(m["tokens"]) / max(float(self.capacity[0]), 1.0),
+            "padding_patches": 1 - int(m["patches"]) / max(float(self.capacity[1]), 1.0),
         }
         rec["mfu"] = flops / (dt * self.peak * n_dev) if self.peak else None
         return rec
