@@ -245,3 +245,36 @@ def test_bad_config_is_a_one_line_error(train_data, tiny_init, tmp_path, overrid
         # Validation happens before a step compiles: _build resolves the targets.
         Trainer(cfg, devices=jax.devices()[:1])._build()
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_dense_takes_qwix_lora_and_qlora():
+    """Our Dense is qwix-compatible (kernel the second operand, no cast of an
+    fp32 kernel): qwix's LoRA equals our adapter with the same A and B, and
+    its QLoRA runs."""
+    import qwix
+    from flax import nnx
+
+    from tempura_jax.model.layers import Dense
+
+    class One(nnx.Module):
+        def __init__(self):
+            axes = ("embed", "heads", "head_dim")
+            self.q = Dense((8,), (2, 4), axes, bias=True, param_dtype="float32", rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            return self.q(x)
+
+    x = jax.random.normal(jax.random.key(1), (3, 8))
+    rule = qwix.LoraRule(module_path=".*", rank=2, alpha=4.0)
+    theirs = qwix.apply_lora_to_model(One(), qwix.LoraProvider([rule]), x, rngs=nnx.Rngs(1))
+    mine = One()
+    ad = peft.Adapter(mine.q, peft.PeftConfig(method="lora", rank=2, alpha=4.0), jax.random.key(2))
+    ad.lora_b.set_value(jax.random.normal(jax.random.key(3), ad.lora_b.shape))
+    mine.q.adapter = nnx.data(ad)
+    theirs.q.kernel_lora_a.set_value(ad.lora_a[...].reshape(8, 2))
+    theirs.q.kernel_lora_b.set_value(ad.lora_b[...].reshape(2, 8))
+    np.testing.assert_allclose(theirs(x), mine(x), atol=1e-5)
+    assert np.abs(mine(x) - One()(x)).max() > 1e-2
+    rule = qwix.LoraRule(module_path=".*", rank=2, alpha=4.0, weight_qtype="nf4", tile_size=4)
+    q = qwix.apply_lora_to_model(One(), qwix.LoraProvider([rule]), x, rngs=nnx.Rngs(1))
+    assert 0 < np.abs(q(x) - One()(x)).max() < 0.1

@@ -100,7 +100,10 @@ class Dense(nnx.Module):
     def weight(self, dtype) -> jax.Array:
         """The kernel in `dtype` (dequantised when QLoRA stores it quantised)."""
         if self.qtype is None:
-            return self.kernel[...].astype(dtype)
+            k = self.kernel[...]
+            # No cast when the dtypes agree: qwix's interception (its own
+            # LoRA/QLoRA) must see the parameter itself as the second operand.
+            return k if getattr(k, "dtype", None) == jnp.dtype(dtype) else k.astype(dtype)
         from tempura_jax.peft.quant import dequantize
 
         return dequantize(self.kernel[...], self.kernel_scale[...], self.qtype, dtype)
