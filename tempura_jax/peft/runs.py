@@ -135,3 +135,18 @@ def training_model(
         "config": to_record(cfg, targets),
         "base": {"path": str(Path(init).absolute()), "merge_adapters": merged},
     }
+
+
+def abstract_model(model_cfg, cfg: PeftConfig) -> nnx.Module:
+    """Shapes only (no weights read, nothing computed): the model with the
+    adapters (and QLoRA's quantised kernels) `cfg` adds, for ahead-of-time
+    compiles and memory plans."""
+    from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL
+
+    def build():
+        model = Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(0))
+        if cfg.enabled:
+            apply(model, cfg)
+        return model
+
+    return nnx.eval_shape(build)
