@@ -53,7 +53,8 @@ def peft_logits(base_dir, adapter_dir, state=None, cfg=None):
     if state is not None:  # QLoRA: our dequantised kernels as the HF base
         sd = base.state_dict()
         base.load_state_dict({k: torch.as_tensor(state.get(hub_name(k), v)) for k, v in sd.items()})
-    model = hf_peft.PeftModel.from_pretrained(base, adapter_dir).eval()
+    model = base if adapter_dir is None else hf_peft.PeftModel.from_pretrained(base, adapter_dir)
+    model.eval()
     ids, px, grid = inputs(cfg)
     with torch.no_grad():
         out = model(
@@ -205,7 +206,10 @@ def test_lora_run_resumes_exactly_and_exports(train_data, tiny_init, tmp_path_fa
     exp = tmp_path_factory.mktemp("exp")
     assert convert_main(["to-peft", str(run), str(exp / "peft")]) == 0
     ref_logits = peft_logits(tiny_init, exp / "peft", cfg=model.config)
-    assert np.abs(got_logits - ref_logits).max() <= TOL
+    # This random checkpoint's logits reach ~40: the base alone differs from
+    # HF by ~1e-4 in fp32; the adapters must add nothing beyond that.
+    base_err = np.abs(ours(base) - peft_logits(tiny_init, None, cfg=model.config)).max()
+    assert np.abs(got_logits - ref_logits).max() <= max(TOL, 1.5 * base_err)
     assert convert_main(["to-hf", str(run), str(exp / "hf")]) == 2  # needs --merge-adapters
     assert convert_main(["to-hf", str(run), str(exp / "hf"), "--merge-adapters"]) == 0
     merged = tempura_jax.load_pretrained(exp / "hf")
