@@ -7,13 +7,28 @@ import re
 import sys
 import time
 
-from converters.convert import DEFAULT_SHARD_BYTES, FLOAT_DTYPES, ConvertError, to_hf, to_orbax
+from converters.convert import (
+    DEFAULT_SHARD_BYTES,
+    FLOAT_DTYPES,
+    ConvertError,
+    to_hf,
+    to_orbax,
+    to_peft,
+)
 from tempura_jax.checkpoint import CheckpointFormatError
 from tempura_jax.config import ConfigError
 from tempura_jax.io.safetensors import SafetensorsError
 from tempura_jax.loading import CheckpointError
+from tempura_jax.peft.config import PeftConfigError
 
-USER_ERRORS = (ConvertError, ConfigError, CheckpointError, CheckpointFormatError, SafetensorsError)
+USER_ERRORS = (
+    ConvertError,
+    ConfigError,
+    CheckpointError,
+    CheckpointFormatError,
+    SafetensorsError,
+    PeftConfigError,
+)
 _UNITS = {
     "": 1,
     "B": 1,
@@ -59,7 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SHARD_BYTES,
         help="largest safetensors file, e.g. 5GB (default) or 500MB",
     )
-    for sp in (a, b):
+    b.add_argument(
+        "--merge-adapters",
+        action="store_true",
+        help="an adapter run: write its base with the adapters folded in",
+    )
+    c = sub.add_parser("to-peft", help="adapter run -> Hugging Face PEFT adapter directory")
+    c.add_argument("run", help="adapter run: a step directory or the run's checkpoint root")
+    c.add_argument("out_dir", help="output directory (adapter_config.json + safetensors)")
+    for sp in (a, b, c):
         sp.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
     return p
 
@@ -72,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             out = to_orbax(
                 args.hf_dir, args.ckpt_dir, overwrite=args.overwrite, compress=args.compress
             )
+        elif args.command == "to-peft":
+            out = to_peft(args.run, args.out_dir, overwrite=args.overwrite)
         else:
             out = to_hf(
                 args.ckpt_dir,
@@ -79,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 dtype=args.dtype,
                 max_shard_bytes=args.max_shard_size,
                 overwrite=args.overwrite,
+                merge_adapters=args.merge_adapters,
             )
     except USER_ERRORS as e:
         message = " ".join(str(e).split())  # one line, whatever the library wrote

@@ -23,7 +23,7 @@ from tempura_jax import checkpoint
 from tempura_jax.config import from_hf_json
 from tempura_jax.io.hf_checkpoint import HFCheckpoint, write_hf_weights
 from tempura_jax.io.safetensors import FLOAT_DTYPES
-from tempura_jax.loading import hf_source, orbax_source
+from tempura_jax.loading import hf_source, load_pretrained, orbax_source
 from tempura_jax.params import param_table
 
 # Files a model directory may carry besides weights; copied through both ways.
@@ -138,21 +138,33 @@ def to_hf(
     dtype: str | None = None,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     overwrite: bool = False,
+    merge_adapters: bool = False,
 ) -> Path:
-    """Checkpoint (converted or a training run, whose optimizer state is ignored) -> HF dir."""
+    """Checkpoint (converted or a training run, whose optimizer state is ignored) -> HF dir.
+    An adapter run needs `merge_adapters`: its base with the adapters folded in."""
     ckpt_dir, out = Path(ckpt_dir).absolute(), Path(out).absolute()
     if dtype is not None and dtype not in FLOAT_DTYPES:
         raise ConvertError(f"--dtype must be one of {sorted(FLOAT_DTYPES)}, got {dtype!r}")
     params = checkpoint.OrbaxParams(ckpt_dir)
     cfg = from_hf_json(params.config_path)
     target = FLOAT_DTYPES.get(dtype)
-    tensors = orbax_source(params, cfg)  # validates names, shapes and dtypes first
+    if "peft" in params.record:
+        if not merge_adapters:
+            raise ConvertError(
+                f"{ckpt_dir}: an adapter run holds only its adapters; pass --merge-adapters "
+                "for a full HF checkpoint, or use to-peft for a PEFT adapter"
+            )
+        tensors = merged_source(ckpt_dir)
+        stored = {s.path: np.dtype(np.float32) for s in param_table(cfg)}
+    else:
+        tensors = orbax_source(params, cfg)  # validates names, shapes and dtypes first
+        stored = {s.path: params.specs[checkpoint.key_of(s.path)][0] for s in param_table(cfg)}
     # A tied model whose source also stored lm_head gets the copy back, right
     # after the embedding so nothing is held in memory for it.
     copy_head = bool(params.record.get("tied_head_in_source"))
     infos = []
     for spec in param_table(cfg):
-        dt = target or params.specs[checkpoint.key_of(spec.path)][0]
+        dt = target or stored[spec.path]
         infos.append((spec.hf_name, dt, spec.hf_shape))
         if copy_head and spec.hf_name == EMBED:
             infos.append(("lm_head.weight", dt, spec.hf_shape))
@@ -176,4 +188,36 @@ def to_hf(
         if not (tmp / "generation_config.json").exists():
             gen = {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config}
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    return out
+
+
+def merged_source(run: Path):
+    """(spec, Flax-layout array) of an adapter run with its adapters merged (float32)."""
+    model = load_pretrained(run, merge_adapters=True)
+    for spec in param_table(model.config):
+        node = model
+        for key in spec.path:
+            node = node[key] if isinstance(key, int) else getattr(node, key)
+        yield spec, np.asarray(node[...], np.float32)
+
+
+def to_peft(run: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """An adapter run (a step or its checkpoint root) -> a Hugging Face PEFT adapter directory."""
+    from tempura_jax.peft import hf_format
+    from tempura_jax.peft.config import from_record
+
+    run, out = Path(run).absolute(), Path(out).absolute()
+    params = checkpoint.OrbaxParams(run)
+    rec = params.record.get("peft")
+    if rec is None:
+        raise ConvertError(f"{run}: not an adapter run (its record has no peft entry)")
+    peft_cfg, _ = from_record(rec["config"])
+    model = load_pretrained(run)
+    base = Path(rec["base"]["path"])
+    # PEFT loads onto an HF model: name the base when it is one (not a checkpoint).
+    base_model = None if checkpoint.is_checkpoint(base) else str(base)
+    with atomic_output(out, overwrite, run) as tmp:
+        hf_format.export(
+            model, peft_cfg, tmp, base_model=base_model, with_merger=peft_cfg.trains_merger
+        )
     return out

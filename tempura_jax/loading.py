@@ -9,6 +9,7 @@ its sharding on a mesh.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,13 +152,49 @@ def load_pretrained(
     remat_vision: str = "none",
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
+    adapter: str | Path | None = None,
+    merge_adapters: bool = False,
 ) -> Qwen2_5_VL:
-    """Load an HF directory (config.json + safetensors) or a tempura-jax checkpoint.
+    """Load an HF directory (config.json + safetensors), a tempura-jax
+    checkpoint, an adapter run's checkpoint (its base with the adapters
+    applied) or a PEFT adapter directory (on its base_model_name_or_path).
 
     `dtype` is the parameter dtype; `compute_dtype` defaults to float32 on CPU
     and bfloat16 on accelerators. With `mesh`, each tensor is placed directly
-    with the sharding its logical axes map to under `rules`.
+    with the sharding its logical axes map to under `rules`. `adapter`: a PEFT
+    adapter directory added on top; `merge_adapters` folds every adapter into
+    its kernel (a plain model again).
     """
+    from tempura_jax.peft import hf_format, runs
+    from tempura_jax.peft.adapters import merge
+
+    kw = dict(
+        dtype=dtype,
+        compute_dtype=compute_dtype,
+        attention_impl=attention_impl,
+        remat_decoder=remat_decoder,
+        remat_vision=remat_vision,
+        mesh=mesh,
+        rules=rules,
+    )
+    load = functools.partial(load_pretrained, **kw)
+    if hf_format.is_peft_dir(path):
+        model = runs.load_peft_dir(path, load)
+    elif runs.run_record(path) is not None:
+        model = runs.load_run(path, load)
+    else:
+        model = _load_full(path, **kw)
+    if adapter:
+        hf_format.load(model, adapter)
+    if merge_adapters:
+        merge(model)
+    runs.place(model, mesh, rules)
+    return model
+
+
+def _load_full(
+    path, *, dtype, compute_dtype, attention_impl, remat_decoder, remat_vision, mesh, rules
+) -> Qwen2_5_VL:
     if checkpoint.is_checkpoint(path):
         params = checkpoint.OrbaxParams(path)
         cfg = from_hf_json(params.config_path)

@@ -92,11 +92,28 @@ class Dense(nnx.Module):
         self.bias = (
             param(rngs, out_shape, axes[self.n_in :], param_dtype, "zeros") if bias else None
         )
+        # Set by tempura_jax.peft: a low-rank adapter, and QLoRA's quantised kernel.
+        self.adapter = nnx.data(None)
+        self.kernel_scale = nnx.data(None)
+        self.qtype: str | None = None
+
+    def weight(self, dtype) -> jax.Array:
+        """The kernel in `dtype` (dequantised when QLoRA stores it quantised)."""
+        if self.qtype is None:
+            k = self.kernel[...]
+            # No cast when the dtypes agree: qwix's interception (its own
+            # LoRA/QLoRA) must see the parameter itself as the second operand.
+            return k if getattr(k, "dtype", None) == jnp.dtype(dtype) else k.astype(dtype)
+        from tempura_jax.peft.quant import dequantize
+
+        return dequantize(self.kernel[...], self.kernel_scale[...], self.qtype, dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        k = self.kernel[...].astype(x.dtype)
+        k = self.weight(x.dtype)
         dims = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
         y = jax.lax.dot_general(x, k, (dims, ((), ())))
+        if self.adapter is not None:
+            y = self.adapter(x, y, k)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         return y

@@ -9,6 +9,7 @@ import dataclasses
 from tempura_jax.data.config import DataConfig
 from tempura_jax.ops.attention import IMPLS
 from tempura_jax.overrides import option
+from tempura_jax.peft.config import PeftConfig
 from tempura_jax.train.optim import OptimConfig
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -33,6 +34,9 @@ class ModelSetup:
     remat_vision: str = option("none", "per vision block: " + " | ".join(REMAT_POLICIES))
     loss_chunk: int = option(
         512, "sequence positions per fp32 logits block in the loss (per_device x chunk x vocab)"
+    )
+    adapter: str = option(
+        "", "a PEFT adapter directory to continue training (peft on) or merge into model.init"
     )
 
     def __post_init__(self):
@@ -126,6 +130,7 @@ class TrainConfig:
     model: ModelSetup = ModelSetup()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
+    peft: PeftConfig = PeftConfig()
     batch: BatchConfig = BatchConfig()
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()

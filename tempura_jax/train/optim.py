@@ -98,10 +98,17 @@ def transform(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformatio
     )
 
 
-def trainable_filter(cfg: OptimConfig):
-    """An nnx filter: the parameters the optimiser owns."""
+def trainable_filter(cfg: OptimConfig, peft=None):
+    """An nnx filter: the parameters the optimiser owns. With adapters
+    (`peft`, a tempura_jax.peft.PeftConfig that is enabled): the adapters and
+    the fully trained parts (the merger) only; the base stays frozen."""
 
     def keep(path, value) -> bool:
+        if peft is not None and peft.enabled:
+            if isinstance(value, nnx.LoRAParam):
+                return True
+            merger = group_of(path) == "merger"
+            return isinstance(value, nnx.Param) and peft.trains_merger and merger
         return isinstance(value, nnx.Param) and trainable(path, cfg)
 
     return keep

@@ -29,6 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tempura_jax.data.batching import model_inputs
+from tempura_jax.peft.adapters import training_dropout
 from tempura_jax.sharding import batch_spec, layout_rules, like_params, named, variable_specs
 from tempura_jax.train.loss import lm_loss_sum
 
@@ -113,7 +114,8 @@ class StepFns:
 
     def _loss(self, train: State, frozen: State, batch: dict) -> tuple[jax.Array, jax.Array]:
         model = nnx.merge(self.graphdef, train, frozen)
-        hidden = model.forward(model_inputs(batch, self.right_padded))
+        with training_dropout(batch):  # adapter dropout, if any: training steps only
+            hidden = model.forward(model_inputs(batch, self.right_padded))
         # The head stays in its master dtype: the loss casts it per block.
         return lm_loss_sum(hidden, model.head_weight(), batch["labels"], self.loss_chunk)
 

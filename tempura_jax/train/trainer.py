@@ -8,6 +8,7 @@ data position -> for each step: accumulate micro-batches, apply the update
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -29,6 +30,8 @@ from tempura_jax.data.tokenizer import Tokenizer
 from tempura_jax.io.hf_checkpoint import HFCheckpoint
 from tempura_jax.loading import abstract_model, default_compute_dtype, load_pretrained
 from tempura_jax.model.inputs import is_right_padded
+from tempura_jax.peft import runs as peft_runs
+from tempura_jax.peft.config import check_training
 from tempura_jax.sharding import (
     batch_shards,
     layout_rules,
@@ -182,6 +185,9 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, devices: list[jax.Device] | None = None):
         """`devices`: the mesh's devices (default: all devices of all processes)."""
         self.cfg = cfg
+        check_training(cfg.peft, cfg.optim, cfg.model.adapter)  # before anything compiles
+        self.adapters = cfg.peft.enabled  # checkpoints hold the trained parts only
+        self.peft_record: dict | None = None
         self.workdir = Path(cfg.workdir).absolute()
         self.is_main = jax.process_index() == 0
         self.mesh = make_mesh(cfg.mesh.shape, devices)
@@ -231,6 +237,9 @@ class Trainer:
         "data.pack_patches",
         "data.pack_window",
         "optim.warmup_ratio",
+        "peft.method",
+        "peft.rank",
+        "peft.targets",
     )
 
     def _check_resumable(self, saved: dict[str, Any]) -> None:
@@ -259,21 +268,24 @@ class Trainer:
     # -- state ----------------------------------------------------------------------------
     def _build(self):
         cfg, mesh = self.cfg, self.mesh
+        m = cfg.model
+        load = functools.partial(
+            load_pretrained,
+            dtype=m.param_dtype,
+            compute_dtype=_compute_dtype(cfg),
+            attention_impl=m.attention_impl,
+            remat_decoder=m.remat_decoder,
+            remat_vision=m.remat_vision,
+            mesh=mesh,
+            rules=self.param_rules,
+        )
         if self.resume_step is None:
-            m = cfg.model
-            model = load_pretrained(
-                m.init,
-                dtype=m.param_dtype,
-                compute_dtype=_compute_dtype(cfg),
-                attention_impl=m.attention_impl,
-                remat_decoder=m.remat_decoder,
-                remat_vision=m.remat_vision,
-                mesh=mesh,
-                rules=self.param_rules,
-            )
+            model, self.peft_record = peft_runs.training_model(m.init, m.adapter, cfg.peft, load)
+        elif self.adapters:  # the frozen base is not in the checkpoint: the record names it
+            model = load(self.ckpts.root)
         else:
             model = abstract_model(self.model_cfg)
-        graphdef, train, frozen = nnx.split(model, trainable_filter(cfg.optim), ...)
+        graphdef, train, frozen = nnx.split(model, trainable_filter(cfg.optim, cfg.peft), ...)
         if not jax.tree.leaves(train):
             raise ValueError("every parameter is frozen: nothing to train")
         self.fns = StepFns.build(
@@ -305,11 +317,11 @@ class Trainer:
                 opt_shapes,
                 opt_sh,
             )
-            out = self.ckpts.restore(
-                self.resume_step, ckpt.params_tree(t_target, f_target), opt_target
-            )
+            saved = (t_target,) if self.adapters else (t_target, f_target)
+            out = self.ckpts.restore(self.resume_step, ckpt.params_tree(*saved), opt_target)
             train = ckpt.fill_state(train, out[checkpoint.PARAMS])
-            frozen = ckpt.fill_state(frozen, out[checkpoint.PARAMS])
+            if not self.adapters:
+                frozen = ckpt.fill_state(frozen, out[checkpoint.PARAMS])
             opt_state = out[ckpt.OPT_ITEM]
             it.set_state(out[ckpt.DATA_ITEM])
             meta = out[ckpt.META_ITEM]
@@ -360,11 +372,12 @@ class Trainer:
         cfg = self.cfg
         if self.resume_step is not None and self.resume_step >= self.run_steps:
             return Outcome("already_finished", self.resume_step, [])
-        if self.resume_step is None:
-            self.ckpts.write_model_files(
-                to_hf_dict(self.model_cfg), _source_record(cfg.model.init, cfg.data.tokenizer)
-            )
         train, frozen, opt_state, it, meta = self._build()
+        if self.resume_step is None:
+            record = _source_record(cfg.model.init, cfg.data.tokenizer)
+            if self.peft_record is not None:
+                record["peft"] = self.peft_record
+            self.ckpts.write_model_files(to_hf_dict(self.model_cfg), record)
         step = int(meta["step"])
         out = MetricsLog(
             self.workdir,
@@ -453,9 +466,8 @@ class Trainer:
 
     def _save(self, step, train, frozen, opt_state, data_state, meta, force=False) -> None:
         meta = {**meta, "config": overrides.to_dict(self.cfg)}
-        self.ckpts.save(
-            step, ckpt.params_tree(train, frozen), opt_state, data_state, meta, force=force
-        )
+        saved = (train,) if self.adapters else (train, frozen)
+        self.ckpts.save(step, ckpt.params_tree(*saved), opt_state, data_state, meta, force=force)
 
     def _record(self, step, m, updates, dt, data_time, flops) -> dict[str, Any]:
         n_dev = self.mesh.devices.size
