@@ -52,6 +52,13 @@ def parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="also write the metrics here (qvhighlights: the detailed ones)"
     )
     p.add_argument("--protocol", default="first", choices=("first", "any"), help="charades")
+    p.add_argument(
+        "--prompts",
+        default="ours",
+        choices=("ours", "tempura_paper", "tempura_paper_ft"),
+        help="prompt protocol (charades, qvhighlights): ours, or the reference's byte-identical "
+        "VTG / VTG_FT and VHD_FT prompts (recorded with the metrics)",
+    )
     p.add_argument("--partial", action="store_true", help="score only the queries predicted")
     p.add_argument("--limit", type=int, help="run only the first N queries (implies --partial)")
     p.add_argument("--no-captions", action="store_true", help="dvc: skip caption metrics")
@@ -118,6 +125,7 @@ def run_settings(args: argparse.Namespace, bench: Any, sampling: Any) -> dict[st
     """What decides the answers in --predictions (not batch size or --limit)."""
     return {
         "task": bench.name,
+        "prompts": args.prompts,
         **checkpoint_identity(args.checkpoint),
         "tokenizer": args.tokenizer,
         "annotations": file_digest(args.annotations),
@@ -157,10 +165,13 @@ def check_resume(predictions: Path, settings: dict[str, Any], overwrite: bool) -
 def run(args, bench, videos: Path) -> None:
     from tqdm import tqdm
 
+    from tempura_jax.eval.benchmarks import max_new_tokens, with_protocol
     from tempura_jax.generate import SamplingConfig
 
-    cases = bench.cases(args.annotations, videos, args.ext)[: args.limit]
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens or bench.max_new_tokens)
+    cases = with_protocol(bench.cases(args.annotations, videos, args.ext), args.prompts)
+    cases = cases[: args.limit]
+    budget = args.max_new_tokens or max_new_tokens(bench, args.prompts)
+    sampling = SamplingConfig(max_new_tokens=budget)
     check_resume(args.predictions, run_settings(args, bench, sampling), args.overwrite)
     done = {str(r.get("id")) for r in drop_failed_rows(args.predictions)}
     todo = [c for c in cases if c.id not in done]
@@ -188,6 +199,14 @@ def run(args, bench, videos: Path) -> None:
         )
 
 
+def recorded_prompts(args) -> str:
+    """The prompt protocol that made --predictions: its sidecar's, else --prompts."""
+    meta = meta_path(args.predictions)
+    if meta.exists():
+        return json.loads(meta.read_text()).get("prompts", "ours")
+    return args.prompts
+
+
 def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -213,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
             "captions": not args.no_captions,
         }
         brief, detailed = benchmarks.scores(bench, rows, args.annotations, videos, opts)
+        # the prompt protocol goes with every number
+        said = {"prompts": recorded_prompts(args)}
+        if detailed is brief:
+            brief = detailed = {**brief, **said}
+        else:
+            brief = {**brief, **said}
+            detailed = {**detailed, **said, "brief": brief}
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
