@@ -1,13 +1,17 @@
 """`--model tempura_jax`: a tempura-jax checkpoint as an lmms-eval model.
 
-    lmms-eval --model tempura_jax \\
-        --model_args checkpoint=CKPT,batch_size=8,max_new_tokens=64,fps=1 --tasks videomme
+    lmms-eval --model tempura_jax --model_args checkpoint=CKPT,max_new_tokens=64,fps=1 \\
+        --batch_size 8 --tasks videomme
 
-Requests go through the Predictor (`tempura_jax.infer`): the checkpoint's own
+The batch size is lmms-eval's own `--batch_size` (its CLI passes it to every
+model, so it cannot also be a model_arg). Requests go through the Predictor
+(`tempura_jax.infer`): the checkpoint's own
 frame sampling, stamps, pixel budget, visual mode and system prompt, in fixed
 shape batches. `fps`, `num_frames`, `max_frames`, `min_pixels` and `max_pixels`
 override the checkpoint's data config; `overrides="k=v k=v"` sets any other
-DataConfig key. The task's prompt (`ctx`) is the user turn after the video.
+DataConfig key. `max_new_tokens`, `temperature`, `top_p` override every task's
+generation settings (`seed` seeds sampling). The task's prompt (`ctx`) is the
+user turn after the video.
 """
 
 from __future__ import annotations
@@ -43,12 +47,13 @@ _HARNESS_ARGS = {"device", "max_batch_size"}
 def data_overrides(args: dict[str, Any], checkpoint: str) -> list[str]:
     """DataConfig `key=value` overrides from model_args. A lone `max_pixels`
     below the checkpoint's `min_pixels` lowers that minimum with it."""
-    out = [f"{_DATA_ARGS[k]}={v}" for k, v in args.items() if v is not None]
-    if args.get("max_pixels") is not None and args.get("min_pixels") is None:
+    args = {k: v for k, v in args.items() if v is not None}
+    if "max_pixels" in args and "min_pixels" not in args:
         data, _ = infer.checkpoint_setup(checkpoint)
-        if data.pixels.min_pixels > int(args["max_pixels"]):
-            out.append(f"pixels.min_pixels={args['max_pixels']}")
-    return out
+        args["min_pixels"] = min(data.pixels.min_pixels, int(args["max_pixels"]))
+    # each override is checked on its own: a lower minimum goes first
+    order = sorted(args, key=lambda k: k != "min_pixels")
+    return [f"{_DATA_ARGS[k]}={args[k]}" for k in order]
 
 
 def _video(visuals: Any, where: str) -> str:
@@ -75,6 +80,9 @@ class TempuraJax(lmms):
         checkpoint: str,
         batch_size: int | str = 1,
         max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
         tokenizer: str | None = None,
         dtype: str | None = None,
         attention: str = "xla",
@@ -85,7 +93,8 @@ class TempuraJax(lmms):
         data_args = {k: kwargs.pop(k) for k in list(kwargs) if k in _DATA_ARGS}
         unknown = sorted(set(kwargs) - _HARNESS_ARGS)
         if unknown:
-            known = ["checkpoint", "batch_size", "max_new_tokens", "tokenizer", "dtype"]
+            known = ["checkpoint", "max_new_tokens", "temperature", "top_p", "seed", "tokenizer"]
+            known += ["dtype"]
             known += ["attention", "overrides", *_DATA_ARGS]
             raise ValueError(f"tempura_jax: unknown model_args {unknown}; known: {known}")
         try:
@@ -94,6 +103,8 @@ class TempuraJax(lmms):
             msg = f"tempura_jax: batch_size must be an integer, got {batch_size!r}"
             raise ValueError(msg) from None
         self.max_new_tokens = int(max_new_tokens) if max_new_tokens is not None else None
+        self.temperature = float(temperature) if temperature is not None else None
+        self.top_p = float(top_p) if top_p is not None else None
         self.predictor = infer.load(
             checkpoint,
             tokenizer=tokenizer,
@@ -102,7 +113,7 @@ class TempuraJax(lmms):
             dtype=dtype,
             attention_impl=attention,
         )
-        self.base_sampling = self.predictor.sampling
+        self.base_sampling = dataclasses.replace(self.predictor.sampling, seed=int(seed))
         self._scorer: ExampleBuilder | None = None
 
     @property
@@ -113,15 +124,17 @@ class TempuraJax(lmms):
         return self.task_dict[task][split][doc_id]
 
     def _sampling(self, gen_kwargs: dict[str, Any]) -> SamplingConfig:
-        """The task's budget (model_args' max_new_tokens wins) and, when it
-        samples, its temperature and top_p; greedy otherwise."""
+        """The task's budget and, when it samples, its temperature and top_p
+        (greedy otherwise); model_args' max_new_tokens, temperature and top_p win."""
         budget = self.max_new_tokens or int(gen_kwargs.get("max_new_tokens") or 256)
         sample = bool(gen_kwargs.get("do_sample")) and float(gen_kwargs.get("temperature") or 0) > 0
+        temperature = float(gen_kwargs["temperature"]) if sample else 0.0
+        top_p = float(gen_kwargs.get("top_p") or 1.0) if sample else 1.0
         return dataclasses.replace(
             self.base_sampling,
             max_new_tokens=budget,
-            temperature=float(gen_kwargs["temperature"]) if sample else 0.0,
-            top_p=float(gen_kwargs.get("top_p") or 1.0) if sample else 1.0,
+            temperature=self.temperature if self.temperature is not None else temperature,
+            top_p=self.top_p if self.top_p is not None else top_p,
         )
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
