@@ -206,7 +206,9 @@ def test_tempura_tasks_score_like_launch_eval(lmms_run, demo_data):
             got = _score(results, "tempura_charades_sta", f"{key}_{protocol}")
             assert got == pytest.approx(want[key]), (key, protocol)
     # QVHighlights: official metrics of submission rows built from the answers.
-    gt = {str(g["qid"]): g for g in qvhighlights.read_jsonl(demo_data["qvhighlights"], "ground_truth")}
+    gt = {
+        str(g["qid"]): g for g in qvhighlights.read_jsonl(demo_data["qvhighlights"], "ground_truth")
+    }
     rows = samples["tempura_qvhighlights"]
     sub = [
         qvhighlights.submission_record(
