@@ -235,3 +235,49 @@ def test_tempura_tasks_score_like_launch_eval(lmms_run, demo_data):
         assert _score(results, "tempura_dvc", key) == pytest.approx(scored[key]), key
     cider = _score(results, "tempura_dvc", "CIDEr")
     assert math.isnan(cider) or cider >= 0
+
+
+def test_loglikelihood_matches_the_first_decode_step(lmms_run, demo_data):
+    """log p(continuation) from one forward equals generate's first-step logits
+    (the jitted prefill), and is greedy exactly for the token generate picks."""
+    import dataclasses
+
+    import numpy as np
+    from lmms_eval.api.instance import Instance
+
+    from tempura_jax.data.batching import collate, model_inputs
+    from tempura_jax.generate import generate
+    from tempura_jax.infer import Case, left_pad
+    from tempura_jax.lmms.model import TempuraJax
+
+    _, _, tasks_dir = lmms_run
+    lm = TempuraJax(checkpoint=str(tasks_dir.parent / "ckpt"), max_pixels=6272, device="cpu")
+    video = str(sorted((Path(demo_data["media_root"]) / "videos").glob("*.mp4"))[0])
+    lm.task_dict = {"t": {"test": [{"video": video}]}}
+    ctx = "Which shape moves first?"
+
+    def request(continuation):
+        args = (ctx, continuation, lambda doc: [doc["video"]], 0, "t", "test")
+        return Instance("loglikelihood", args, 0, {"task": "t", "doc_id": 0, "repeats": 1})
+
+    p = lm.predictor
+    ex = p.example(Case(video=video, task="free", query=ctx))
+    batch = collate([ex], p.data, p.model.config, p.tok.pad_id)
+    inputs = dataclasses.replace(model_inputs(left_pad(batch)), right_padded=False)
+    sampling = dataclasses.replace(p.sampling, max_new_tokens=1, suppress_ids=())
+    first = np.asarray(generate(p.model, inputs, sampling, return_logits=True).logits[0, 0])
+    logp = first - first.max() - np.log(np.exp(first - first.max()).sum())
+    best = int(first.argmax())
+    # a lower-ranked token whose text encodes back to it alone
+    other = next(
+        int(t) for t in np.argsort(first)[-2::-1] if p.tok.encode(p.tok.decode([int(t)])) == [t]
+    )
+    texts = [p.tok.decode([t]) for t in (best, other)]
+    assert [p.tok.encode(t) for t in texts] == [[best], [other]]  # one token each
+    got = lm.loglikelihood([request(t) for t in texts])
+    assert got[0][0] == pytest.approx(logp[best], abs=1e-3) and got[0][1] is True
+    assert got[1][0] == pytest.approx(logp[other], abs=1e-3) and got[1][1] is False
+    with pytest.raises(NotImplementedError, match="multi-round"):
+        lm.generate_until_multi_round([])
+    with pytest.raises(ValueError, match="unknown model_args \\['fsp'\\]"):
+        TempuraJax(checkpoint=str(tasks_dir.parent / "ckpt"), fsp=2)
