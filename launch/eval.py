@@ -10,6 +10,11 @@
     python launch/eval.py --task qvhighlights --predictions submission.jsonl \\
         --annotations highlight_val_release.jsonl
 
+`--prompts tempura_paper` sends the reference's byte-identical VTG / VHD_FT prompts
+(`tempura_paper_ft`: VTG_FT) with its token budgets; `--refine` adds its second,
+text-only pass with the video's dense caption (tempura_jax/eval/refine.py). The
+metrics name the protocol that made them (`"prompts"`).
+
 Tasks: charades (charades_sta_test.txt; `--protocol first|any`), qvhighlights
 (highlight_val_release.jsonl; official submission rows), dvc (VER JSON dense
 records; `--videos` is their media root). A run resumes: ids already in
