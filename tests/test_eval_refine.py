@@ -82,3 +82,24 @@ def test_launch_eval_refine_rewrites_rows(demo_data, predictor, tmp_path, monkey
     monkeypatch.setattr(infer, "load_from_arguments", lambda args, sampling: pytest.fail("ran"))
     assert launch_eval.main(argv) == 0
     assert "refining 0 answers" in capsys.readouterr().err
+
+
+def test_highlight_refine_keeps_the_first_answer_unless_the_reply_parses(monkeypatch):
+    cases = [infer.Case(video="v.mp4", task="vhd_ft", query="a dog", id=str(i)) for i in range(2)]
+    first = "The highlight timestamps are in the 2, 4 seconds. Their saliency scores are 3, 4."
+    monkeypatch.setattr(refine, "dense_captions", lambda p, c, n: {"v.mp4": "From 0 to 6, a dog."})
+    asked = []
+
+    def replies(predictor, prompts, budget):
+        asked.extend(prompts)
+        return ["The highlight timestamps are in the 8 seconds. Their saliency scores are 5.", "?"]
+
+    monkeypatch.setattr(refine, "text_answers", replies)
+    rows = refine.refine(None, cases, [first, first], durations=[30.0, 30.0])
+    assert asked[0] == refine.vhd_prompt("From 0 to 6, a dog.", "a dog", first, 30.0)
+    assert "I have a 30-second video" in asked[0]
+    assert rows[0]["highlights"] == [[8.0, 5.0]]  # the refined answer parsed
+    assert rows[1]["highlights"] == [[2.0, 3.0], [4.0, 4.0]]  # unparsable: the first stays
+    assert rows[1]["refine_answer"] == "?" and rows[0]["dense_caption"] == "From 0 to 6, a dog."
+    with pytest.raises(ValueError, match="need the video durations"):
+        refine.refine(None, cases, [first, first])
