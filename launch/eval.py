@@ -10,6 +10,11 @@
     python launch/eval.py --task qvhighlights --predictions submission.jsonl \\
         --annotations highlight_val_release.jsonl
 
+`--prompts tempura_paper` sends the reference's byte-identical VTG / VHD_FT prompts
+(`tempura_paper_ft`: VTG_FT) with its token budgets; `--refine` adds its second,
+text-only pass with the video's dense caption (tempura_jax/eval/refine.py). The
+metrics name the protocol that made them (`"prompts"`).
+
 Tasks: charades (charades_sta_test.txt; `--protocol first|any`), qvhighlights
 (highlight_val_release.jsonl; official submission rows), dvc (VER JSON dense
 records; `--videos` is their media root). A run resumes: ids already in
@@ -52,6 +57,19 @@ def parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="also write the metrics here (qvhighlights: the detailed ones)"
     )
     p.add_argument("--protocol", default="first", choices=("first", "any"), help="charades")
+    p.add_argument(
+        "--prompts",
+        default="ours",
+        choices=("ours", "tempura_paper", "tempura_paper_ft"),
+        help="prompt protocol (charades, qvhighlights): ours, or the reference's byte-identical "
+        "VTG / VTG_FT and VHD_FT prompts (recorded with the metrics)",
+    )
+    p.add_argument(
+        "--refine",
+        choices=("vtg_first", "refined", "vtg"),
+        help="charades, qvhighlights: the reference's second, text-only pass with the video's "
+        "dense caption; for charades, which windows count (vtg_first: the reference's)",
+    )
     p.add_argument("--partial", action="store_true", help="score only the queries predicted")
     p.add_argument("--limit", type=int, help="run only the first N queries (implies --partial)")
     p.add_argument("--no-captions", action="store_true", help="dvc: skip caption metrics")
@@ -118,6 +136,8 @@ def run_settings(args: argparse.Namespace, bench: Any, sampling: Any) -> dict[st
     """What decides the answers in --predictions (not batch size or --limit)."""
     return {
         "task": bench.name,
+        "prompts": args.prompts,
+        "refine": args.refine,
         **checkpoint_identity(args.checkpoint),
         "tokenizer": args.tokenizer,
         "annotations": file_digest(args.annotations),
@@ -155,18 +175,26 @@ def check_resume(predictions: Path, settings: dict[str, Any], overwrite: bool) -
 
 
 def run(args, bench, videos: Path) -> None:
-    from tqdm import tqdm
-
+    from tempura_jax.eval.benchmarks import max_new_tokens, with_protocol
     from tempura_jax.generate import SamplingConfig
 
-    cases = bench.cases(args.annotations, videos, args.ext)[: args.limit]
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens or bench.max_new_tokens)
+    cases = with_protocol(bench.cases(args.annotations, videos, args.ext), args.prompts)
+    cases = cases[: args.limit]
+    budget = args.max_new_tokens or max_new_tokens(bench, args.prompts)
+    sampling = SamplingConfig(max_new_tokens=budget)
     check_resume(args.predictions, run_settings(args, bench, sampling), args.overwrite)
     done = {str(r.get("id")) for r in drop_failed_rows(args.predictions)}
     todo = [c for c in cases if c.id not in done]
     print(f"{bench.name}: {len(cases)} queries, {len(cases) - len(todo)} done", file=sys.stderr)
-    if not todo:
-        return
+    predictor = first_pass(args, bench, todo, sampling) if todo else None
+    if args.refine:
+        second_pass(args, bench, cases, predictor, sampling)
+
+
+def first_pass(args, bench, todo: list, sampling):
+    """Answers for `todo`, appended to --predictions; returns the Predictor."""
+    from tqdm import tqdm
+
     args.batch_size = min(args.batch_size, len(todo))  # no idle copies in a short run
     predictor = infer.load_from_arguments(args, sampling)
     context = bench.context(args.annotations)
@@ -186,6 +214,49 @@ def run(args, bench, videos: Path) -> None:
             f"{failed} queries could not be run (rows with 'error'; a rerun retries them)",
             file=sys.stderr,
         )
+    return predictor
+
+
+def second_pass(args, bench, cases: list, predictor, sampling) -> None:
+    """The reference's text-only refinement (`eval/refine.py`) of every row not
+    yet refined; --predictions is rewritten with the final windows/highlights,
+    the first `answer` and the `refine_answer` (so a rerun resumes here too)."""
+    from tempura_jax.eval import refine
+
+    rows = resume_rows(args.predictions)
+    by_id = {c.id: c for c in cases}
+    todo = [
+        r for r in rows if str(r.get("id")) in by_id and not {"error", "refine_answer"} & set(r)
+    ]
+    print(f"{bench.name}: refining {len(todo)} answers", file=sys.stderr)
+    if not todo:
+        return
+    if predictor is None:
+        args.batch_size = min(args.batch_size, len(todo))
+        predictor = infer.load_from_arguments(args, sampling)
+    picked = [by_id[str(r["id"])] for r in todo]
+    context = bench.context(args.annotations)
+    durations = [context[c.id][1] for c in picked] if bench.name == "qvhighlights" else None
+    answers = [r.get("answer") for r in todo]
+    extra = refine.refine(predictor, picked, answers, durations, mode=args.refine)
+    new = {}
+    for case, row, more in zip(picked, todo, extra, strict=True):
+        parsed = {k: more.pop(k) for k in ("windows", "highlights") if k in more}
+        pred = infer.Prediction(
+            case.id, case.video, case.task, case.query, row.get("answer"), parsed
+        )
+        new[case.id] = {**bench.row(case, pred, context), **more}
+    text = "".join(json.dumps(new.get(str(r.get("id")), r)) + "\n" for r in rows)
+    write_atomic(args.predictions, text)
+
+
+def recorded_prompts(args) -> str:
+    """The prompt protocol that made --predictions (its sidecar's, else the
+    flags'), `+refine` when the second pass made the final answers."""
+    meta = meta_path(args.predictions)
+    saved = json.loads(meta.read_text()) if meta.exists() else vars(args)
+    prompts = saved.get("prompts") or "ours"
+    return f"{prompts}+refine" if saved.get("refine") else prompts
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -200,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     from tempura_jax.eval import benchmarks
 
     bench = benchmarks.get(args.task)
+    if args.refine and bench.name == "dvc":
+        print("error: --refine is for charades and qvhighlights", file=sys.stderr)
+        return 2
     videos = args.videos or args.annotations.parent
     try:
         if args.checkpoint:
@@ -213,6 +287,13 @@ def main(argv: list[str] | None = None) -> int:
             "captions": not args.no_captions,
         }
         brief, detailed = benchmarks.scores(bench, rows, args.annotations, videos, opts)
+        # the prompt protocol goes with every number
+        said = {"prompts": recorded_prompts(args)}
+        if detailed is brief:
+            brief = detailed = {**brief, **said}
+        else:
+            brief = {**brief, **said}
+            detailed = {**detailed, **said, "brief": brief}
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

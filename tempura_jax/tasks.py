@@ -15,6 +15,7 @@ from typing import Any
 
 from tempura_jax.data.events import DENSE_PROMPT, MASKED_PROMPT, parse_events
 from tempura_jax.eval.parsing import parse_highlights, parse_windows
+from tempura_jax.reference_prompts import VHD_FT, VTG, VTG_FT
 
 GROUNDING_PROMPT = (
     'Find the moment in the video that matches this description: "{query}". '
@@ -53,12 +54,16 @@ class Task:
     parse: Callable[[str], dict[str, Any]]
     needs_query: bool = False
     needs_mask: bool = False
+    # a reference string with the `<your_query>` placeholder, not a str.format template
+    literal: bool = False
 
     def text(self, query: str = "", mask: tuple[float, float] | None = None) -> str:
         if self.needs_query and not query:
             raise ValueError(f"task {self.name!r} needs a query")
         if self.needs_mask and mask is None:
             raise ValueError(f"task {self.name!r} needs a masked window (start, end seconds)")
+        if self.literal:
+            return self.prompt.replace("<your_query>", query)
         start, end = mask if mask is not None else (0.0, 0.0)
         return self.prompt.format(query=query, start=start, end=end)
 
@@ -71,8 +76,28 @@ TASKS: dict[str, Task] = {
         Task("grounding", GROUNDING_PROMPT, windows_field, needs_query=True),
         Task("highlight", HIGHLIGHT_PROMPT, highlights_field, needs_query=True),
         Task("free", "{query}", events_field, needs_query=True),
+        # The reference's benchmark prompts (`prompts=tempura_paper`), byte-identical.
+        Task("vtg", VTG, windows_field, needs_query=True, literal=True),
+        Task("vtg_ft", VTG_FT, windows_field, needs_query=True, literal=True),
+        Task("vhd_ft", VHD_FT, highlights_field, needs_query=True, literal=True),
     )
 }
+
+# Prompt protocols: which task each benchmark task runs. `tempura_paper` is the
+# reference's (zero-shot VTG for grounding, as behind the paper's Charades-STA
+# numbers); `tempura_paper_ft` uses its short VTG_FT for Charades-tuned checkpoints.
+PROTOCOLS: dict[str, dict[str, str]] = {
+    "ours": {},
+    "tempura_paper": {"grounding": "vtg", "highlight": "vhd_ft"},
+    "tempura_paper_ft": {"grounding": "vtg_ft", "highlight": "vhd_ft"},
+}
+
+
+def for_protocol(task: str, protocol: str = "ours") -> str:
+    """The task name `task` runs as under `protocol`."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown prompt protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[protocol].get(task, task)
 
 
 def get(name: str) -> Task:

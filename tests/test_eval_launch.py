@@ -121,3 +121,36 @@ def test_qvhighlights_out_gets_the_detailed_metrics(tmp_path, capsys):
     assert detailed["full"]["MR-R1"]["0.95"] == 100.0 and detailed["short"]["queries"] == 1
     assert detailed["HL-min-VeryGood"]["HL-Hit1"] == 100.0
     assert "MR-windows" not in brief  # these windows were the submission's own
+
+
+def test_paper_prompts_are_run_recorded_and_reported(tmp_path, monkeypatch, capsys):
+    ann = tmp_path / "charades_sta_test.txt"
+    ann.write_text("v1 0.0 4.0##a man sits\n")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    preds = tmp_path / "p.jsonl"
+    predictor = FakePredictor()
+    seen = {}
+
+    def load(args, sampling):
+        seen["max_new_tokens"] = sampling.max_new_tokens
+        return predictor
+
+    monkeypatch.setattr(infer, "load_from_arguments", load)
+    real_run = predictor.run
+
+    def run(cases, progress=None):
+        seen["tasks"] = [c.task for c in cases]
+        return real_run(cases, progress)
+
+    predictor.run = run
+    argv = ["--task", "charades", "--annotations", str(ann), "--checkpoint", str(ckpt),
+            "--predictions", str(preds), "--prompts", "tempura_paper"]  # fmt: skip
+    assert launch_eval.main(argv) == 0
+    assert seen == {"max_new_tokens": 512, "tasks": ["vtg"]}  # the reference's VTG and budget
+    assert json.loads(capsys.readouterr().out)["prompts"] == "tempura_paper"
+    assert json.loads(launch_eval.meta_path(preds).read_text())["prompts"] == "tempura_paper"
+    # Scoring the file later reports the protocol that made it, not the flag's default.
+    assert launch_eval.main(["--task", "charades", "--annotations", str(ann),
+                             "--predictions", str(preds)]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["prompts"] == "tempura_paper"

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tempura_jax import tasks
 from tempura_jax.data.events import Event, parse_events
 from tempura_jax.data.records import load_records
 from tempura_jax.eval import charades, dvc, qvhighlights
@@ -41,6 +42,21 @@ class Benchmark:
     # like `score`, but everything the official evaluator reports, the brief
     # metrics under "brief" (QVHighlights: per threshold, per length range)
     detailed: Callable[[list[dict], Path, Path, dict[str, Any]], dict[str, Any]] | None = None
+
+
+# The reference's generation budgets under its own prompts (JSON answers are longer).
+PAPER_MAX_NEW_TOKENS = {"charades": 512, "qvhighlights": 256}
+
+
+def max_new_tokens(bench: Benchmark, protocol: str = "ours") -> int:
+    if protocol == "ours":
+        return bench.max_new_tokens
+    return PAPER_MAX_NEW_TOKENS.get(bench.name, bench.max_new_tokens)
+
+
+def with_protocol(cases: list[Case], protocol: str) -> list[Case]:
+    """The cases with each task swapped for its `protocol` prompt (`tasks.PROTOCOLS`)."""
+    return [dataclasses.replace(c, task=tasks.for_protocol(c.task, protocol)) for c in cases]
 
 
 def scores(
