@@ -1,0 +1,166 @@
+"""Compile the trainer's own step for a target it does not run on.
+
+The programs are the trainer's (`train.step.TrainSplit`, the same model
+config, mesh, layout, shardings, donation, remat, attention and loss chunk),
+lowered with ShapeDtypeStructs under the target's mesh so the attention
+dispatcher picks the target's kernels; nothing is read or allocated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+
+from tempura_jax.aot.batch import Shape, abstract_batch, check, full_row
+from tempura_jax.aot.topologies import Target, TopologyError, devices
+from tempura_jax.config import ModelConfig
+from tempura_jax.loading import abstract_model
+from tempura_jax.sharding import batch_shards, make_mesh, resolve_shape
+from tempura_jax.train.config import TrainConfig
+from tempura_jax.train.flops import batch_flops, passes
+from tempura_jax.train.optim import transform
+from tempura_jax.train.step import TrainSplit, one_program
+from tempura_jax.train.trainer import _runtime
+
+# The learning-rate schedule's length only sets constants of the program.
+SCHEDULE_STEPS = 1000
+
+
+@dataclasses.dataclass
+class Program:
+    """One compiled executable and what XLA says about it, per device."""
+
+    name: str
+    runs: int  # times per optimiser step
+    seconds: float
+    memory: dict[str, int]
+    flops: float
+
+    @classmethod
+    def compile(cls, name: str, runs: int, lowered: Any) -> Program:
+        t0 = time.perf_counter()
+        compiled = lowered.compile()
+        seconds = time.perf_counter() - t0
+        return cls(name, runs, seconds, memory_of(compiled), flops_of(compiled))
+
+
+def memory_of(compiled: Any) -> dict[str, int]:
+    """Per device: arguments, temporaries, outputs, and their peak (arguments
+    plus outputs not aliased to donated arguments, plus temporaries and code)."""
+    m = compiled.memory_analysis()
+    args, out, alias = m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes
+    temp, code = m.temp_size_in_bytes, m.generated_code_size_in_bytes
+    return {
+        "arguments": int(args),
+        "temporaries": int(temp),
+        "outputs": int(out),
+        "aliased": int(alias),
+        "code": int(code),
+        "peak": int(args + out - alias + temp + code),
+    }
+
+
+def flops_of(compiled: Any) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):  # older jax: one dict per partition
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+@dataclasses.dataclass
+class Compiled:
+    """What `report` needs from a compile."""
+
+    target: Target
+    device_kind: str
+    mesh: dict[str, int]
+    shape: Shape
+    accumulation: int
+    model: ModelConfig
+    programs: list[Program]
+    model_flops: float  # per device per optimiser step
+
+    @property
+    def heaviest(self) -> Program:
+        return max(self.programs, key=lambda p: p.memory["peak"])
+
+    @property
+    def xla_flops(self) -> float:
+        """Per device per optimiser step (accumulating programs run `runs` times)."""
+        return sum(p.flops * p.runs for p in self.programs)
+
+
+def target_mesh(cfg: TrainConfig, t: Target):
+    devs = devices(t)
+    try:
+        resolve_shape(cfg.mesh.shape, len(devs))
+    except ValueError:
+        raise TopologyError(
+            f"mesh.shape {tuple(cfg.mesh.shape)} does not fit {t.name}: it has {len(devs)} devices"
+        ) from None
+    return make_mesh(cfg.mesh.shape, devs)
+
+
+@dataclasses.dataclass
+class Lowered:
+    """The trainer's step programs for a target, lowered, not yet compiled."""
+
+    mesh: Any
+    shape: Shape
+    accumulation: int
+    model: ModelConfig
+    programs: list[tuple[str, int, Any]]  # (name, runs per step, jax Lowered)
+    model_flops: float  # per device per optimiser step
+
+
+def lower_train(
+    cfg: TrainConfig, base: ModelConfig, t: Target, seq: int, patches: int, frame
+) -> Lowered:
+    """Lower the step the trainer would run for `cfg` on `t`: one program
+    (`step`) without accumulation, else `accumulate` (run `accum` times) and
+    `apply`."""
+    mesh = target_mesh(cfg, t)
+    model_cfg = _runtime(base, cfg, t.platform)
+    shards = batch_shards(mesh)
+    accum = cfg.batch.accumulation(shards)
+    shape = Shape(cfg.batch.per_device * shards, seq, patches, tuple(frame))
+    check(shape, model_cfg)
+    tx = transform(cfg.optim, cfg.max_steps or SCHEDULE_STEPS)
+    with jax.set_mesh(mesh):  # the dispatcher reads the platform from it
+        split = TrainSplit.build(abstract_model(model_cfg), cfg, tx, mesh)
+        train, frozen, opt = split.targets(variables=True)
+        batch = abstract_batch(shape, cfg.data, model_cfg, mesh)
+        fns = split.fns
+        if one_program(accum):
+            programs = [("step", 1, fns.step.lower(train, frozen, opt, batch))]
+        else:
+            acc = jax.eval_shape(fns.zeros, train)
+            programs = [
+                ("accumulate", accum, fns.accumulate.lower(train, frozen, acc, batch)),
+                ("apply", 1, fns.apply.lower(train, opt, acc)),
+            ]
+    trained = passes(cfg.optim.freeze_vision_tower, cfg.optim.freeze_llm)
+    row = batch_flops(full_row(shape, model_cfg), model_cfg, *trained)
+    return Lowered(
+        mesh, shape, accum, model_cfg, programs, row * shape.rows * accum / mesh.devices.size
+    )
+
+
+def compile_train(
+    cfg: TrainConfig, base: ModelConfig, t: Target, seq: int, patches: int, frame
+) -> Compiled:
+    """Lower and compile the trainer's step for `cfg` on `t`."""
+    lo = lower_train(cfg, base, t, seq, patches, frame)
+    return Compiled(
+        target=t,
+        device_kind=lo.mesh.devices.flat[0].device_kind,
+        mesh=dict(lo.mesh.shape),
+        shape=lo.shape,
+        accumulation=lo.accumulation,
+        model=lo.model,
+        programs=[Program.compile(*p) for p in lo.programs],
+        model_flops=lo.model_flops,
+    )

@@ -1,0 +1,104 @@
+"""Ahead-of-time compiles for a TPU slice this machine does not have
+(libtpu's compile-only client): the trainer's step with real Mosaic splash
+kernels, the report, the attention dispatcher's platform and the one-line
+errors."""
+
+import importlib.util
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from tempura_jax.aot import cli, report
+from tempura_jax.aot.topologies import TARGETS, devices, target
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None, reason='libtpu not installed (pip "jax[tpu]")'
+)
+
+# The demo config with the tiny model, 4 rows over v5e-4's 4 chips (one
+# program, no accumulation), 56x56 frames: 4 of them fill 64 patches.
+TINY = ["--config", "demo", "--model", "tiny", "--shape", "128,64", "--frame", "56x56"]
+ONE_STEP = ["batch.global_size=8", "batch.per_device=2"]
+
+
+@pytest.fixture(scope="module")
+def splash_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("aot") / "v5e.json"
+    argv = [*TINY, "--topology", "v5e-4", "--out", str(out), "model.attention_impl=splash"]
+    rc = cli.main([*argv, *ONE_STEP])
+    return rc, json.loads(out.read_text())
+
+
+def test_splash_step_compiles_for_v5e_and_reports(splash_run):
+    rc, r = splash_run
+    assert rc == 0 and r["fits"]
+    assert r["topology"] == "v5e-4" and r["devices"] == 4
+    assert r["device_kind"].startswith("TPU v5")
+    assert int(np.prod(list(r["mesh"].values()))) == 4
+    assert r["shape"] == {"rows": 8, "seq": 128, "patches": 64, "frame": [56, 56]}
+    assert r["attention_impl"] == "splash" and r["dtypes"]["compute"] == "bfloat16"
+    assert [p["name"] for p in r["programs"]] == ["step"]
+    m = r["memory"]
+    assert set(m) == {"arguments", "temporaries", "outputs", "peak"}
+    assert 0 < m["arguments"] < m["peak"] and m["temporaries"] > 0
+    assert r["hbm_bytes"] == 16 * 2**30 and r["margin_bytes"] == r["hbm_bytes"] - m["peak"]
+    assert r["compile_seconds"] > 0
+    # XLA counts remat, padding and the optimiser too: same order as the model's.
+    assert 0.3 < r["xla_flops"] / r["model_flops"] < 5
+
+
+def test_a_step_that_does_not_fit_exits_2(splash_run):
+    _, r = splash_run
+    tight = report.refit(r, r["memory"]["peak"] - 1)
+    assert not tight["fits"] and tight["margin_bytes"] == -1
+    assert cli.exit_status(tight) == cli.EXIT_DOES_NOT_FIT == 2
+    assert "DOES NOT FIT" in report.text(tight)
+    assert "FITS" in report.text(r)
+
+
+def test_auto_on_tpu_lowers_to_the_splash_program():
+    import configs
+    from tempura_jax import overrides
+    from tempura_jax.aot.compile import lower_train
+    from tempura_jax.config import tiny
+
+    texts = {}
+    for impl in ("auto", "splash"):
+        cfg = overrides.apply(
+            configs.get("demo").get_config(1), [f"model.attention_impl={impl}", *ONE_STEP]
+        )
+        lo = lower_train(cfg, tiny(), target("v5e-4"), 128, 64, (56, 56))
+        texts[impl] = lo.programs[0][2].as_text()
+    assert texts["auto"].count("tpu_custom_call") >= 3  # decoder, windows, frames
+    assert texts["auto"] == texts["splash"]
+
+
+def test_dispatcher_platform_is_the_mesh_s():
+    from jax.sharding import Mesh
+
+    from tempura_jax.ops import attention
+
+    tpu = Mesh(np.array(devices(TARGETS["v5e-4"])).reshape(1, 4, 1), ("data", "fsdp", "tensor"))
+    cpu = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    assert attention.platform() == jax.default_backend() == "cpu"
+    with jax.set_mesh(tpu):
+        assert attention.platform() == "tpu"
+    with jax.set_mesh(cpu):
+        assert attention.platform() == "cpu"
+
+
+def test_unknown_topology_lists_the_known_ones(capsys):
+    assert cli.main([*TINY, "--topology", "v9z-8"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "unknown topology 'v9z-8'" in err and "v5e-8" in err and "h100-8" in err
+
+
+def test_mesh_shape_not_matching_the_devices_names_both(capsys):
+    argv = [*TINY, "--topology", "v5e-4", "mesh.shape=1,3,1"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "mesh.shape (1, 3, 1)" in err and "v5e-4" in err and "4 devices" in err
