@@ -102,3 +102,14 @@ def test_mesh_shape_not_matching_the_devices_names_both(capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "mesh.shape (1, 3, 1)" in err and "v5e-4" in err and "4 devices" in err
+
+
+def test_generate_compiles_prefill_and_decode_for_v5e(tmp_path, capsys):
+    out = tmp_path / "gen.json"
+    argv = [*TINY, "--topology", "v5e-4", "--what", "generate", "--new-tokens", "4"]
+    assert cli.main([*argv, "--batch", "4", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["what"] == "generate" and [p["name"] for p in r["programs"]] == ["generate"]
+    assert r["shape"]["rows"] == 4 and r["dtypes"]["param"] == "bfloat16"
+    assert r["memory"]["peak"] > r["memory"]["arguments"] > 0 and r["fits"]
+    assert "generate for v5e-4" in capsys.readouterr().out

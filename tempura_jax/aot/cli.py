@@ -35,7 +35,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a model preset or an HF directory (default: model.init)")
     p.add_argument("--shape", help="SEQ,PATCHES per row (default: the largest data buckets)")
     p.add_argument("--frame", help="HxW pixels of each frame, for model FLOPs (default: 16:9)")
-    p.add_argument("--what", choices=("train",), default="train")
+    p.add_argument(
+        "--what",
+        choices=("train", "generate"),
+        default="train",
+        help="train: the trainer's step; generate: prefill + decode loop (serving memory)",
+    )
+    p.add_argument(
+        "--batch", type=int, help="generate: prompts (default: batch.per_device x shards)"
+    )
+    p.add_argument("--new-tokens", type=int, default=256, help="generate: decode steps")
     p.add_argument(
         "--hbm-gib", type=float, help="memory to fit in per device (default: the chip's)"
     )
@@ -85,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         base = model_config(args.model, cfg)
         seq, patches = batch.parse_shape(args.shape) if args.shape else batch.largest(cfg.data)
         frame = batch.parse_frame(args.frame) if args.frame else batch.default_frame(cfg.data)
-        compiled = compile_train(cfg, base, t, seq, patches, frame)
+        if args.what == "train":
+            compiled = compile_train(cfg, base, t, seq, patches, frame)
+        else:
+            from tempura_jax.aot.serving import compile_generate
+
+            rows = args.batch or cfg.batch.per_device * t.devices
+            compiled = compile_generate(cfg, base, t, seq, patches, frame, rows, args.new_tokens)
     except (overrides.OverrideError, TopologyError, ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

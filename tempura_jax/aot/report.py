@@ -67,7 +67,7 @@ def to_dict(c: Compiled, hbm_bytes: int | None = None, **context: Any) -> dict[s
 
 
 def _gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
+    return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 4 else f"{n / 2**20:.1f} MiB"
 
 
 def text(r: dict[str, Any]) -> str:
