@@ -36,15 +36,39 @@ class Program:
     name: str
     runs: int  # times per optimiser step
     seconds: float
-    memory: dict[str, int]
-    flops: float
+    memory: dict[str, int | None]
+    flops: float | None
+    error: str | None = None  # the compiler's out-of-memory message
 
     @classmethod
     def compile(cls, name: str, runs: int, lowered: Any) -> Program:
         t0 = time.perf_counter()
-        compiled = lowered.compile()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            # The TPU compiler refuses a program whose buffers exceed HBM: that
+            # is a measured "does not fit", with its numbers.
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            return cls(name, runs, time.perf_counter() - t0, out_of_memory(str(e)), None, _line(e))
         seconds = time.perf_counter() - t0
         return cls(name, runs, seconds, memory_of(compiled), flops_of(compiled))
+
+
+def _line(e: BaseException) -> str:
+    return next((s for s in str(e).splitlines() if "RESOURCE_EXHAUSTED" in s), str(e))[:500]
+
+
+def out_of_memory(message: str) -> dict[str, int | None]:
+    """What the compiler's RESOURCE_EXHAUSTED message says it needed, e.g. "the
+    total memory required for HLO temporaries (17.20G) exceeds available HBM
+    (15.75G)": temporaries (and the peak, at least that) in bytes."""
+    import re
+
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    found = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)", message)
+    temp = int(float(found.group(1)) * units[found.group(2)]) if found else None
+    return {"arguments": None, "temporaries": temp, "outputs": None, "peak": temp}
 
 
 def memory_of(compiled: Any) -> dict[str, int]:
@@ -84,12 +108,19 @@ class Compiled:
     model_flops: float  # per device per optimiser step
 
     @property
-    def heaviest(self) -> Program:
-        return max(self.programs, key=lambda p: p.memory["peak"])
+    def failed(self) -> Program | None:
+        """The first program the compiler refused for lack of memory."""
+        return next((p for p in self.programs if p.error), None)
 
     @property
-    def xla_flops(self) -> float:
+    def heaviest(self) -> Program:
+        return self.failed or max(self.programs, key=lambda p: p.memory["peak"])
+
+    @property
+    def xla_flops(self) -> float | None:
         """Per device per optimiser step (accumulating programs run `runs` times)."""
+        if self.failed:
+            return None
         return sum(p.flops * p.runs for p in self.programs)
 
 

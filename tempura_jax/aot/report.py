@@ -18,14 +18,12 @@ GIB = 2**30
 
 
 def refit(r: dict[str, Any], hbm_bytes: int) -> dict[str, Any]:
-    """The report judged against `hbm_bytes` per device: fits, and the margin."""
+    """The report judged against `hbm_bytes` per device: fits, and the margin
+    (a program the compiler refused for lack of memory never fits)."""
     peak = r["memory"]["peak"]
-    return {
-        **r,
-        "hbm_bytes": int(hbm_bytes),
-        "fits": peak <= hbm_bytes,
-        "margin_bytes": hbm_bytes - peak,
-    }
+    margin = None if peak is None else hbm_bytes - peak
+    fits = r.get("compile_error") is None and margin is not None and margin >= 0
+    return {**r, "hbm_bytes": int(hbm_bytes), "fits": fits, "margin_bytes": margin}
 
 
 def to_dict(c: Compiled, hbm_bytes: int | None = None, **context: Any) -> dict[str, Any]:
@@ -54,9 +52,11 @@ def to_dict(c: Compiled, hbm_bytes: int | None = None, **context: Any) -> dict[s
                 "seconds": round(p.seconds, 2),
                 "memory": p.memory,
                 "xla_flops": p.flops,
+                "error": p.error,
             }
             for p in c.programs
-        ],  # fmt: skip
+        ],
+        "compile_error": heavy.error,
         "xla_flops": c.xla_flops,
         "model_flops": c.model_flops,
         "peak_flops": peak_flops(c.device_kind),
@@ -66,7 +66,9 @@ def to_dict(c: Compiled, hbm_bytes: int | None = None, **context: Any) -> dict[s
     return refit(r, c.target.hbm_bytes if hbm_bytes is None else hbm_bytes)
 
 
-def _gib(n: float) -> str:
+def _gib(n: float | None) -> str:
+    if n is None:
+        return "?"
     return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 4 else f"{n / 2**20:.1f} MiB"
 
 
@@ -85,13 +87,16 @@ def text(r: dict[str, Any]) -> str:
         f"temporaries {_gib(m['temporaries'])}, outputs {_gib(m['outputs'])}, "
         f"peak {_gib(m['peak'])} of {_gib(r['hbm_bytes'])} HBM",
         ("  FITS" if r["fits"] else "  DOES NOT FIT") + f": margin {_gib(r['margin_bytes'])}",
-        f"  FLOPs per device per step: XLA {r['xla_flops']:.3e}, model {r['model_flops']:.3e}"
-        + (
-            f" (XLA/model {r['xla_flops'] / r['model_flops']:.2f})"
-            if r["model_flops"] and r["xla_flops"]
-            else ""
-        ),
     ]
+    if r.get("compile_error"):
+        lines.append(f"  compiler: {r['compile_error']}")
+    xla = "?" if r["xla_flops"] is None else f"{r['xla_flops']:.3e}"
+    ratio = (
+        f" (XLA/model {r['xla_flops'] / r['model_flops']:.2f})"
+        if r["model_flops"] and r["xla_flops"]
+        else ""
+    )
+    lines.append(f"  FLOPs per device per step: XLA {xla}, model {r['model_flops']:.3e}{ratio}")
     return "\n".join(lines)
 
 

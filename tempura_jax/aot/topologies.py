@@ -46,7 +46,6 @@ TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         _tpu("v4-8", "v4:2x2x1", 8, 16),
-        _tpu("v5e-1", "v5e:1x1", 1, 16),
         _tpu("v5e-4", "v5e:2x2", 4, 16),
         _tpu("v5e-8", "v5e:2x4", 8, 16),
         _tpu("v5e-16", "v5e:4x4", 16, 16),
