@@ -124,3 +124,32 @@ def test_generate_compiles_prefill_and_decode_for_v5e(tmp_path, capsys):
     assert r["shape"]["rows"] == 4 and r["dtypes"]["param"] == "bfloat16"
     assert r["memory"]["peak"] > r["memory"]["arguments"] > 0 and r["fits"]
     assert "generate for v5e-4" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("jax_plugins") is None
+    or importlib.util.find_spec("jax_plugins.xla_cuda13") is None,
+    reason='the CUDA plugin is not installed (pip install -e ".[aot-gpu]", 4.4 GB)',
+)
+def test_auto_step_compiles_for_h100_with_cudnn_and_pallas(tmp_path):
+    """Deviceless CUDA: cuDNN attention for the decoder, the Pallas (Triton)
+    kernel for the vision tower, through XLA's GPU compiler for sm_90."""
+    out = tmp_path / "h100.json"
+    argv = ["--config", "demo", "--model", "tiny", "--shape", "256,1024", "--frame", "196x336"]
+    rc = cli.main(
+        [
+            *argv,
+            "--topology",
+            "h100-1",
+            "--out",
+            str(out),
+            "batch.global_size=2",
+            "model.attention_impl=auto",
+        ]
+    )
+    r = json.loads(out.read_text())
+    assert rc == 0 and r["fits"] and r["device_kind"] == "NVIDIA H100 80GB HBM3"
+    kernels = r["programs"][0]["kernels"]
+    assert any("cudnn" in k for k in kernels), kernels
+    assert any("triton" in k for k in kernels), kernels
+    assert r["xla_flops"] > 0 and r["memory"]["peak"] > 0

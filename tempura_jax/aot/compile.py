@@ -39,9 +39,13 @@ class Program:
     memory: dict[str, int | None]
     flops: float | None
     error: str | None = None  # the compiler's out-of-memory message
+    kernels: dict[str, int] = dataclasses.field(default_factory=dict)  # custom calls
+    flops_source: str = "compiled"
 
     @classmethod
-    def compile(cls, name: str, runs: int, lowered: Any) -> Program:
+    def compile(cls, name: str, runs: int, lowered: Any, devices: int = 1) -> Program:
+        """`devices`: the mesh's, to share out a whole-program FLOPs count."""
+        kernels = custom_calls(lowered.as_text())
         t0 = time.perf_counter()
         try:
             compiled = lowered.compile()
@@ -50,9 +54,24 @@ class Program:
             # is a measured "does not fit", with its numbers.
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
-            return cls(name, runs, time.perf_counter() - t0, out_of_memory(str(e)), None, _line(e))
+            seconds = time.perf_counter() - t0
+            return cls(name, runs, seconds, out_of_memory(str(e)), None, _line(e), kernels)
         seconds = time.perf_counter() - t0
-        return cls(name, runs, seconds, memory_of(compiled), flops_of(compiled))
+        flops, source = flops_of(compiled), "compiled"
+        if not flops:  # the GPU compile-only client has no cost analysis
+            flops, source = flops_of(lowered) / devices, "lowered/devices"
+        return cls(name, runs, seconds, memory_of(compiled), flops, None, kernels, source)
+
+
+def custom_calls(text: str) -> dict[str, int]:
+    """Custom-call targets in a lowered program and how often: which kernels
+    (Mosaic `tpu_custom_call`, Triton, cuDNN attention) the dispatcher chose."""
+    import re
+
+    found: dict[str, int] = {}
+    for name in re.findall(r"stablehlo\.custom_call @([\w$.\-]+)", text):
+        found[name] = found.get(name, 0) + 1
+    return found
 
 
 def _line(e: BaseException) -> str:
@@ -88,6 +107,7 @@ def memory_of(compiled: Any) -> dict[str, int]:
 
 
 def flops_of(compiled: Any) -> float:
+    """XLA's FLOPs of a compiled (per device) or lowered (whole program) computation."""
     cost = compiled.cost_analysis()
     if isinstance(cost, list | tuple):  # older jax: one dict per partition
         cost = cost[0] if cost else {}
@@ -192,6 +212,6 @@ def compile_train(
         shape=lo.shape,
         accumulation=lo.accumulation,
         model=lo.model,
-        programs=[Program.compile(*p) for p in lo.programs],
+        programs=[Program.compile(*p, lo.mesh.devices.size) for p in lo.programs],
         model_flops=lo.model_flops,
     )

@@ -53,6 +53,8 @@ def to_dict(c: Compiled, hbm_bytes: int | None = None, **context: Any) -> dict[s
                 "memory": p.memory,
                 "xla_flops": p.flops,
                 "error": p.error,
+                "kernels": p.kernels,
+                "xla_flops_source": p.flops_source,
             }
             for p in c.programs
         ],
