@@ -32,8 +32,12 @@ def reports() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(RESULTS.glob("compile_*.json"))]
 
 
-def _g(n: int) -> str:
-    return f"{n / GIB:.1f}"
+def _g(n: int | None) -> str:
+    return "?" if n is None else f"{n / GIB:.1f}"
+
+
+def _t(flops: float | None) -> str:
+    return f"{flops / 1e12:.1f}" if flops else "?"
 
 
 def table(rs: list[dict]) -> str:
@@ -54,7 +58,7 @@ def table(rs: list[dict]) -> str:
             f"{r['remat']['decoder']}/{r['remat']['vision']} | {r['accumulation']} | "
             f"{_g(m['arguments'])} / {_g(m['temporaries'])} / {_g(m['peak'])} | "
             f"{_g(r['hbm_bytes'])} | {'yes' if r['fits'] else 'no'} ({_g(r['margin_bytes'])}) | "
-            f"{r['xla_flops'] / 1e12:.1f} / {r['model_flops'] / 1e12:.1f} | "
+            f"{_t(r['xla_flops'])} / {_t(r['model_flops'])} | "
             f"{r['compile_seconds']:.0f} |"
         )
     done = {(r.get("config"), r["topology"]) for r in rs}

@@ -60,6 +60,8 @@ class Program:
         flops, source = flops_of(compiled), "compiled"
         if not flops:  # the GPU compile-only client has no cost analysis
             flops, source = flops_of(lowered) / devices, "lowered/devices"
+        if not flops:  # neither answers (deviceless CUDA): unknown, not zero
+            flops, source = None, "unavailable"
         return cls(name, runs, seconds, memory_of(compiled), flops, None, kernels, source)
 
 
@@ -139,7 +141,7 @@ class Compiled:
     @property
     def xla_flops(self) -> float | None:
         """Per device per optimiser step (accumulating programs run `runs` times)."""
-        if self.failed:
+        if self.failed or any(p.flops is None for p in self.programs):
             return None
         return sum(p.flops * p.runs for p in self.programs)
 
