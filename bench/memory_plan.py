@@ -3,6 +3,7 @@
 report, and the planned slices without a report listed as still to run.
 
     python bench/memory_plan.py            # print the Markdown table
+    python bench/memory_plan.py --write    # put it in README.md after the marker
     python bench/memory_plan.py --check    # exit 1 if README.md's table differs
 """
 
@@ -25,6 +26,7 @@ PLANNED = [
     ("qwen2_5_vl_7b", "v5p-8"),
     ("qwen2_5_vl_7b", "v5p-16"),
 ]
+PLANNED_CONFIGS = {c for c, _ in PLANNED}
 GIB = 2**30
 
 
@@ -49,7 +51,7 @@ def table(rs: list[dict]) -> str:
     )
     rows = []
     for r in rs:
-        if r.get("what", "train") != "train":
+        if r.get("what", "train") != "train" or r.get("config") not in PLANNED_CONFIGS:
             continue
         m, mesh = r["memory"], r["mesh"]
         rows.append(
@@ -69,17 +71,31 @@ def table(rs: list[dict]) -> str:
     return out
 
 
+def split_readme(readme: str) -> tuple[str, str, str]:
+    """(before and including the marker, the table, after): the table runs
+    from the marker to the next blank line that precedes a heading."""
+    start = readme.index(MARK) + len(MARK)
+    end = readme.index("\n#", start)
+    return readme[:start], readme[start:end].strip("\n"), readme[end:]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--check", action="store_true")
+    p.add_argument("--write", action="store_true")
     args = p.parse_args()
     text = table(reports())
-    if not args.check:
-        print(text)
+    path = ROOT / "README.md"
+    head, current, tail = split_readme(path.read_text())
+    if args.check:
+        return 0 if current == text else 1
+    if args.write:
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(f"{head}\n{text}\n\n{tail.lstrip(chr(10))}")
+        tmp.replace(path)
         return 0
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index(MARK) + len(MARK)
-    return 0 if readme[start:].lstrip("\n").startswith(text) else 1
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":
