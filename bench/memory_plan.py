@@ -45,7 +45,7 @@ def _t(flops: float | None) -> str:
 def table(rs: list[dict]) -> str:
     head = (
         "| config | slice | mesh (data, fsdp, tensor) | remat dec/vis | accum | "
-        "args / temps / peak GiB per device | HBM GiB | fits (margin GiB) | "
+        "args / temps / held / peak GiB per device | HBM GiB | fits (margin GiB) | "
         "XLA / model TFLOPs per device-step | compile s |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
@@ -58,7 +58,8 @@ def table(rs: list[dict]) -> str:
             f"| {r.get('config', '?')} | {r['topology']} ({r['devices']} x {r['device_kind']}) | "
             f"({mesh['data']}, {mesh['fsdp']}, {mesh['tensor']}) | "
             f"{r['remat']['decoder']}/{r['remat']['vision']} | {r['accumulation']} | "
-            f"{_g(m['arguments'])} / {_g(m['temporaries'])} / {_g(m['peak'])} | "
+            f"{_g(m['arguments'])} / {_g(m['temporaries'])} / {_g(m.get('held'))} / "
+            f"{_g(m['peak'])} | "
             f"{_g(r['hbm_bytes'])} | {'yes' if r['fits'] else 'no'} ({_g(r['margin_bytes'])}) | "
             f"{_t(r['xla_flops'])} / {_t(r['model_flops'])} | "
             f"{r['compile_seconds']:.0f} |"

@@ -13,7 +13,7 @@ import pytest
 from tempura_jax.aot import cli, report
 from tempura_jax.aot.topologies import TARGETS, devices, target
 
-pytestmark = pytest.mark.skipif(
+tpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None, reason='libtpu not installed (pip "jax[tpu]")'
 )
 
@@ -31,6 +31,7 @@ def splash_run(tmp_path_factory):
     return rc, json.loads(out.read_text())
 
 
+@tpu
 def test_splash_step_compiles_for_v5e_and_reports(splash_run):
     rc, r = splash_run
     assert rc == 0 and r["fits"]
@@ -41,7 +42,8 @@ def test_splash_step_compiles_for_v5e_and_reports(splash_run):
     assert r["attention_impl"] == "splash" and r["dtypes"]["compute"] == "bfloat16"
     assert [p["name"] for p in r["programs"]] == ["step"]
     m = r["memory"]
-    assert set(m) == {"arguments", "temporaries", "outputs", "peak"}
+    assert set(m) == {"arguments", "temporaries", "outputs", "held", "peak"}
+    assert m["held"] == 0  # one program takes the whole training state
     assert 0 < m["arguments"] < m["peak"] and m["temporaries"] > 0
     assert r["hbm_bytes"] == 16 * 2**30 and r["margin_bytes"] == r["hbm_bytes"] - m["peak"]
     assert r["compile_seconds"] > 0
@@ -49,6 +51,7 @@ def test_splash_step_compiles_for_v5e_and_reports(splash_run):
     assert 0.3 < r["xla_flops"] / r["model_flops"] < 5
 
 
+@tpu
 def test_a_step_that_does_not_fit_exits_2_with_the_numbers(tmp_path, capsys):
     """32k tokens of dense xla attention: the TPU compiler refuses the program
     (RESOURCE_EXHAUSTED); that is the measured "does not fit"."""
@@ -61,6 +64,7 @@ def test_a_step_that_does_not_fit_exits_2_with_the_numbers(tmp_path, capsys):
     assert "DOES NOT FIT" in capsys.readouterr().out
 
 
+@tpu
 def test_refit_judges_the_same_compile_against_less_memory(splash_run):
     _, r = splash_run
     tight = report.refit(r, r["memory"]["peak"] - 1)
@@ -69,6 +73,7 @@ def test_refit_judges_the_same_compile_against_less_memory(splash_run):
     assert "DOES NOT FIT" in report.text(tight) and "FITS" in report.text(r)
 
 
+@tpu
 def test_auto_on_tpu_lowers_to_the_splash_program():
     import configs
     from tempura_jax import overrides
@@ -86,6 +91,25 @@ def test_auto_on_tpu_lowers_to_the_splash_program():
     assert texts["auto"] == texts["splash"]
 
 
+@tpu
+def test_accumulation_lowers_accumulate_and_apply_and_counts_the_held_state():
+    """With accumulation the optimiser state stays in HBM while `accumulate`
+    runs without it: counted in that program's peak."""
+    import configs
+    from tempura_jax import overrides
+    from tempura_jax.aot.compile import held, lower_train
+    from tempura_jax.config import tiny
+
+    cfg = overrides.apply(configs.get("demo").get_config(1), ["batch.global_size=16"])
+    lo = lower_train(cfg, tiny(), target("v5e-4"), 128, 64, (56, 56))
+    assert [(name, runs) for name, runs, *_ in lo.programs] == [("accumulate", 2), ("apply", 1)]
+    # AdamW's two fp32 moments of every trainable parameter, replicated (fsdp 1).
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(lo.programs[0][2].args_info[0]))
+    assert lo.programs[0][3] >= 2 * 4 * params > 0
+    assert held(()) == 0
+
+
+@tpu
 def test_dispatcher_platform_is_the_mesh_s():
     from jax.sharding import Mesh
 
@@ -100,6 +124,7 @@ def test_dispatcher_platform_is_the_mesh_s():
         assert attention.platform() == "cpu"
 
 
+@tpu
 def test_unknown_topology_lists_the_known_ones(capsys):
     assert cli.main([*TINY, "--topology", "v9z-8"]) == 1
     err = capsys.readouterr().err.strip()
@@ -107,6 +132,7 @@ def test_unknown_topology_lists_the_known_ones(capsys):
     assert "unknown topology 'v9z-8'" in err and "v5e-8" in err and "h100-8" in err
 
 
+@tpu
 def test_mesh_shape_not_matching_the_devices_names_both(capsys):
     argv = [*TINY, "--topology", "v5e-4", "mesh.shape=1,3,1"]
     assert cli.main(argv) == 1
@@ -115,6 +141,7 @@ def test_mesh_shape_not_matching_the_devices_names_both(capsys):
     assert "mesh.shape (1, 3, 1)" in err and "v5e-4" in err and "4 devices" in err
 
 
+@tpu
 def test_generate_compiles_prefill_and_decode_for_v5e(tmp_path, capsys):
     out = tmp_path / "gen.json"
     argv = [*TINY, "--topology", "v5e-4", "--what", "generate", "--new-tokens", "4"]

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from tempura_jax.aot.batch import Shape, abstract_batch, check, full_row
 from tempura_jax.aot.topologies import Target, TopologyError, devices
@@ -43,7 +44,9 @@ class Program:
     flops_source: str = "compiled"
 
     @classmethod
-    def compile(cls, name: str, runs: int, lowered: Any, devices: int = 1) -> Program:
+    def compile(
+        cls, name: str, runs: int, lowered: Any, held_bytes: int = 0, devices: int = 1
+    ) -> Program:
         """`devices`: the mesh's, to share out a whole-program FLOPs count."""
         kernels = custom_calls(lowered.as_text())
         t0 = time.perf_counter()
@@ -55,14 +58,17 @@ class Program:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
             seconds = time.perf_counter() - t0
-            return cls(name, runs, seconds, out_of_memory(str(e)), None, _line(e), kernels)
+            memory = out_of_memory(str(e), held_bytes)
+            return cls(name, runs, seconds, memory, None, _line(e), kernels)
         seconds = time.perf_counter() - t0
         flops, source = flops_of(compiled), "compiled"
         if not flops:  # the GPU compile-only client has no cost analysis
             flops, source = flops_of(lowered) / devices, "lowered/devices"
         if not flops:  # neither answers (deviceless CUDA): unknown, not zero
             flops, source = None, "unavailable"
-        return cls(name, runs, seconds, memory_of(compiled), flops, None, kernels, source)
+        return cls(
+            name, runs, seconds, memory_of(compiled, held_bytes), flops, None, kernels, source
+        )
 
 
 def custom_calls(text: str) -> dict[str, int]:
@@ -80,7 +86,7 @@ def _line(e: BaseException) -> str:
     return next((s for s in str(e).splitlines() if "RESOURCE_EXHAUSTED" in s), str(e))[:500]
 
 
-def out_of_memory(message: str) -> dict[str, int | None]:
+def out_of_memory(message: str, held_bytes: int = 0) -> dict[str, int | None]:
     """What the compiler's RESOURCE_EXHAUSTED message says it needed, e.g. "the
     total memory required for HLO temporaries (17.20G) exceeds available HBM
     (15.75G)": temporaries (and the peak, at least that) in bytes."""
@@ -89,12 +95,28 @@ def out_of_memory(message: str) -> dict[str, int | None]:
     units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
     found = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)", message)
     temp = int(float(found.group(1)) * units[found.group(2)]) if found else None
-    return {"arguments": None, "temporaries": temp, "outputs": None, "peak": temp}
+    peak = None if temp is None else temp + held_bytes
+    return {
+        "arguments": None,
+        "temporaries": temp,
+        "outputs": None,
+        "held": held_bytes,
+        "peak": peak,
+    }
 
 
-def memory_of(compiled: Any) -> dict[str, int]:
-    """Per device: arguments, temporaries, outputs, and their peak (arguments
-    plus outputs not aliased to donated arguments, plus temporaries and code)."""
+def held(tree: Any) -> int:
+    """Bytes per device of a tree of sharded ShapeDtypeStructs."""
+    return sum(
+        int(np.prod(x.sharding.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
+        for x in jax.tree.leaves(tree)
+    )
+
+
+def memory_of(compiled: Any, held_bytes: int = 0) -> dict[str, int]:
+    """Per device: arguments, temporaries, outputs, the state held outside the
+    program, and the peak (arguments plus outputs not aliased to donated
+    arguments, plus temporaries, code and the held state)."""
     m = compiled.memory_analysis()
     args, out, alias = m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes
     temp, code = m.temp_size_in_bytes, m.generated_code_size_in_bytes
@@ -104,7 +126,8 @@ def memory_of(compiled: Any) -> dict[str, int]:
         "outputs": int(out),
         "aliased": int(alias),
         "code": int(code),
-        "peak": int(args + out - alias + temp + code),
+        "held": int(held_bytes),
+        "peak": int(args + out - alias + temp + code + held_bytes),
     }
 
 
@@ -165,7 +188,9 @@ class Lowered:
     shape: Shape
     accumulation: int
     model: ModelConfig
-    programs: list[tuple[str, int, Any]]  # (name, runs per step, jax Lowered)
+    # (name, runs per step, jax Lowered, bytes per device of the training state
+    # the program does not take but that stays in HBM while it runs)
+    programs: list[tuple[str, int, Any, int]]
     model_flops: float  # per device per optimiser step
 
 
@@ -188,12 +213,12 @@ def lower_train(
         batch = abstract_batch(shape, cfg.data, model_cfg, mesh)
         fns = split.fns
         if one_program(accum):
-            programs = [("step", 1, fns.step.lower(train, frozen, opt, batch))]
+            programs = [("step", 1, fns.step.lower(train, frozen, opt, batch), 0)]
         else:
             acc = jax.eval_shape(fns.zeros, train)
             programs = [
-                ("accumulate", accum, fns.accumulate.lower(train, frozen, acc, batch)),
-                ("apply", 1, fns.apply.lower(train, opt, acc)),
+                ("accumulate", accum, fns.accumulate.lower(train, frozen, acc, batch), held(opt)),
+                ("apply", 1, fns.apply.lower(train, opt, acc), held(frozen)),
             ]
     trained = passes(cfg.optim.freeze_vision_tower, cfg.optim.freeze_llm)
     row = batch_flops(full_row(shape, model_cfg), model_cfg, *trained)
@@ -214,6 +239,6 @@ def compile_train(
         shape=lo.shape,
         accumulation=lo.accumulation,
         model=lo.model,
-        programs=[Program.compile(*p, lo.mesh.devices.size) for p in lo.programs],
+        programs=[Program.compile(*p, devices=lo.mesh.devices.size) for p in lo.programs],
         model_flops=lo.model_flops,
     )

@@ -43,7 +43,9 @@ def to_dict(c: Compiled, hbm_bytes: int | None = None, **context: Any) -> dict[s
         "remat": {"decoder": m.remat_decoder, "vision": m.remat_vision},
         "dtypes": {"param": m.param_dtype, "compute": m.compute_dtype},
         "compile_seconds": round(sum(p.seconds for p in c.programs), 2),
-        "memory": {k: heavy.memory[k] for k in ("arguments", "temporaries", "outputs", "peak")},
+        "memory": {
+            k: heavy.memory[k] for k in ("arguments", "temporaries", "outputs", "held", "peak")
+        },
         "memory_program": heavy.name,
         "programs": [
             {
@@ -87,6 +89,7 @@ def text(r: dict[str, Any]) -> str:
         + ", ".join(f"{p['name']} {p['seconds']:.1f} s" for p in r["programs"]),
         f"  per device ({r['memory_program']}): arguments {_gib(m['arguments'])}, "
         f"temporaries {_gib(m['temporaries'])}, outputs {_gib(m['outputs'])}, "
+        f"held {_gib(m.get('held'))}, "
         f"peak {_gib(m['peak'])} of {_gib(r['hbm_bytes'])} HBM",
         ("  FITS" if r["fits"] else "  DOES NOT FIT") + f": margin {_gib(r['margin_bytes'])}",
     ]

@@ -61,7 +61,7 @@ def compile_generate(
             jax.ShapeDtypeStruct((), jax.numpy.float32, sharding=one),
         )
         lowered = _generate.lower(graphdef, state, inputs, deltas, knobs, static, False)
-    program = Program.compile("generate", 1, lowered, mesh.devices.size)
+    program = Program.compile("generate", 1, lowered, devices=mesh.devices.size)
     # Forward FLOPs: the prefill over full rows, then each decoded token's
     # matmuls (attention over the cache not counted).
     prefill = batch_flops(full_row(shape, model_cfg), model_cfg, 1.0, 1.0)
