@@ -104,7 +104,7 @@ def test_accumulation_lowers_accumulate_and_apply_and_counts_the_held_state():
     lo = lower_train(cfg, tiny(), target("v5e-4"), 128, 64, (56, 56))
     assert [(name, runs) for name, runs, *_ in lo.programs] == [("accumulate", 2), ("apply", 1)]
     # AdamW's two fp32 moments of every trainable parameter, replicated (fsdp 1).
-    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(lo.programs[0][2].args_info[0]))
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(lo.programs[0][2].args_info[0][0]))
     assert lo.programs[0][3] >= 2 * 4 * params > 0
     assert held(()) == 0
 
