@@ -114,6 +114,7 @@ def write_json(path: str | Path, r: dict[str, Any]) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(r, f, indent=2, sort_keys=True)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 is not meant for a shared result
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
