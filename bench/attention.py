@@ -237,6 +237,7 @@ def main() -> None:
         help="memory the dense xla reference may use (default: half the device's)",
     )
     p.add_argument("--chunk", type=int, default=1024, help="query chunk of xla_chunked")
+    p.add_argument("--lengths", default="8192,16384,32768", help="decoder lengths (comma list)")
     args = p.parse_args()
 
     plat = attn.platform()
@@ -249,7 +250,7 @@ def main() -> None:
         shapes = vision_shapes(2, (112, 140), vcfg) + decoder_shapes([96], tcfg)
     else:
         shapes = vision_shapes(60, (196, 336), full.vision)
-        shapes += decoder_shapes([8192, 16384, 32768], full.text)
+        shapes += decoder_shapes([int(n) for n in args.lengths.split(",")], full.text)
     only = set(filter(None, args.only.split(",")))
     kind = jax.devices()[0].device_kind
     budget = device_budget(args.dense_budget_gb)

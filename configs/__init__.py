@@ -13,6 +13,7 @@ from types import ModuleType
 CONFIGS = {
     "demo": "configs.demo",
     "qwen2_5_vl_3b": "configs.qwen2_5_vl_3b",
+    "qwen2_5_vl_7b": "configs.qwen2_5_vl_7b",
 }
 
 

@@ -219,6 +219,21 @@ def qwen2_5_vl_3b() -> ModelConfig:
     return ModelConfig().validate()
 
 
+def qwen2_5_vl_7b() -> ModelConfig:
+    """Qwen2.5-VL-7B-Instruct: a wider, shallower decoder with an untied head,
+    the 3B's vision tower projecting to 3584."""
+    text = TextConfig(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        tie_word_embeddings=False,
+    )
+    return ModelConfig(text=text, vision=VisionConfig(out_hidden_size=3584)).validate()
+
+
 def tiny(*, tie_word_embeddings: bool = True, vocab_size: int = 512) -> ModelConfig:
     """A few-MB model with every structural feature of the real one (GQA, windows,
     full-attention blocks, M-RoPE sections) for tests and the CPU demo."""
@@ -252,4 +267,4 @@ def tiny(*, tie_word_embeddings: bool = True, vocab_size: int = 512) -> ModelCon
     ).validate()
 
 
-PRESETS = {"qwen2_5_vl_3b": qwen2_5_vl_3b, "tiny": tiny}
+PRESETS = {"qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b, "tiny": tiny}

@@ -34,8 +34,9 @@ class CheckpointError(ValueError):
     """A checkpoint whose tensors do not match the model its config describes."""
 
 
-def default_compute_dtype() -> str:
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+def default_compute_dtype(platform: str | None = None) -> str:
+    """`platform`: the one compiled for (default: this process's backend)."""
+    return "float32" if (platform or jax.default_backend()) == "cpu" else "bfloat16"
 
 
 def abstract_model(cfg: ModelConfig) -> Qwen2_5_VL:

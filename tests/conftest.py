@@ -5,6 +5,10 @@ import os
 
 # Eight host devices for the sharded tests; must precede the first jax import.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# libtpu (installed for the AOT compile tests) must not probe for TPUs or take
+# its machine-wide lock: tests run on CPU; TPU topologies still compile.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -72,7 +72,12 @@ def _log_once(message: str) -> None:
 
 
 def platform() -> str:
-    name = jax.default_backend()
+    """The platform being compiled for: that of the mesh in context
+    (`jax.set_mesh`), which may be a TPU slice or GPUs this machine does not
+    have (ahead-of-time compiles); without a mesh, the default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else mesh.abstract_device
+    name = device.platform if device is not None else jax.default_backend()
     return "gpu" if name in ("gpu", "cuda", "rocm") else name
 
 

@@ -9,7 +9,6 @@ scale is folded into q. Off TPU the same kernel runs in interpret mode.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +29,6 @@ class SplashConfig:
         return min(self.block, round_up(seq, LANES))
 
 
-@functools.lru_cache(maxsize=64)
 def _kernel(seq: int, heads: int, causal: bool, block: int, interpret: bool):
     mask_cls = masks.CausalMask if causal else masks.FullMask
     mask = masks.MultiHeadMask([mask_cls((seq, seq)) for _ in range(heads)])
@@ -44,12 +42,12 @@ def _kernel(seq: int, heads: int, causal: bool, block: int, interpret: bool):
         block_q_dq=block,
         block_kv_dq=block,
     )
-    # Built once per shape and cached: its mask tables must be concrete arrays,
-    # not values of whichever trace first asked for the kernel.
-    with jax.ensure_compile_time_eval():
-        return splash.make_splash_mha(
-            mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
-        )
+    # Built inside the caller's trace: the mask tables (NumPy, cached by splash
+    # per mask and block shape) become constants of the program being traced,
+    # so no device is needed and an ahead-of-time compile for a TPU works.
+    return splash.make_splash_mha(
+        mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+    )
 
 
 def splash_attention(

@@ -31,7 +31,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tempura_jax.data.batching import model_inputs
 from tempura_jax.peft.adapters import training_dropout
 from tempura_jax.sharding import batch_spec, layout_rules, like_params, named, variable_specs
+from tempura_jax.train.config import TrainConfig
 from tempura_jax.train.loss import lm_loss_sum
+from tempura_jax.train.optim import trainable_filter
 
 State = Any  # an nnx.State of arrays
 
@@ -167,6 +169,76 @@ class StepFns:
             "updated": update,
         }
         return train, opt_state, metrics
+
+
+def one_program(accum: int) -> bool:
+    """Whether a step runs as `StepFns.step` (one micro-batch) rather than
+    `accumulate` per micro-batch then `apply`."""
+    return accum == 1
+
+
+@dataclasses.dataclass
+class TrainSplit:
+    """A model split the way the trainer trains it: trainable and frozen
+    states, the step's jitted pieces and the frozen part's shardings. The
+    trainer and the ahead-of-time compiler (tempura_jax.aot) both build it."""
+
+    train: State
+    frozen: State
+    fns: StepFns
+    frozen_shardings: State
+
+    @classmethod
+    def build(
+        cls, model: nnx.Module, cfg: TrainConfig, tx: optax.GradientTransformation, mesh: Mesh
+    ) -> TrainSplit:
+        graphdef, train, frozen = nnx.split(model, trainable_filter(cfg.optim, cfg.peft), ...)
+        if not jax.tree.leaves(train):
+            raise ValueError("every parameter is frozen: nothing to train")
+        fns = StepFns.build(
+            graphdef,
+            train,
+            tx,
+            mesh,
+            cfg.mesh.layout,
+            cfg.model.loss_chunk or None,
+            right_padded=not cfg.data.packing,  # packed rows hold several samples
+        )
+        param_rules, _ = layout_rules(cfg.mesh.layout)
+        frozen_sh = named(variable_specs(frozen, mesh, param_rules), mesh)
+        return cls(train, frozen, fns, frozen_sh)
+
+    def targets(self, variables: bool = False) -> tuple[State, State, Any]:
+        """(trainable, frozen, optimiser state) as ShapeDtypeStructs with their
+        shardings: restore targets, or (`variables`: inside the model's
+        Variables, as the step takes them) the arguments of an AOT compile."""
+        opt_shapes = jax.eval_shape(self.fns.tx.init, self.train)
+        opt = jax.tree.map(
+            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+            opt_shapes,
+            self.fns.opt_shardings,
+        )
+        return (
+            with_shardings(self.train, self.fns.param_shardings, variables),
+            with_shardings(self.frozen, self.frozen_shardings, variables),
+            opt,
+        )
+
+
+def with_shardings(state: nnx.State, shardings: Any, variables: bool = False) -> nnx.State:
+    """Each Variable's shape and dtype with its sharding (`variables`: kept in
+    the Variable)."""
+    flat_sh = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    flat = list(nnx.to_flat_state(state))
+    if len(flat) != len(flat_sh):
+        raise ValueError("sharding tree does not match the state")
+    return nnx.from_flat_state(
+        [
+            (path, v.replace(sds) if variables else sds)
+            for (path, v), sh in zip(flat, flat_sh, strict=True)
+            for sds in [jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh)]
+        ]
+    )
 
 
 def _replicated(param_shardings: State) -> NamedSharding:

@@ -18,9 +18,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
 
 from tempura_jax import checkpoint, overrides
 from tempura_jax.config import ModelConfig, from_hf_json, to_hf_dict
@@ -37,15 +35,13 @@ from tempura_jax.sharding import (
     layout_rules,
     local_batch_shards,
     make_mesh,
-    named,
-    variable_specs,
 )
 from tempura_jax.train import checkpointing as ckpt
 from tempura_jax.train.config import TrainConfig
 from tempura_jax.train.flops import batch_flops, passes, peak_flops
 from tempura_jax.train.metrics import MetricsLog
-from tempura_jax.train.optim import GROUPS, schedules, trainable_filter, transform
-from tempura_jax.train.step import StepFns, batch_shardings
+from tempura_jax.train.optim import GROUPS, schedules, transform
+from tempura_jax.train.step import TrainSplit, batch_shardings, one_program
 
 
 def _in_cluster() -> bool:
@@ -115,16 +111,17 @@ class Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _compute_dtype(cfg: TrainConfig) -> str:
+def _compute_dtype(cfg: TrainConfig, platform: str | None = None) -> str:
     m = cfg.model.compute_dtype
-    return default_compute_dtype() if m == "auto" else m
+    return default_compute_dtype(platform) if m == "auto" else m
 
 
-def _runtime(model_cfg: ModelConfig, cfg: TrainConfig) -> ModelConfig:
+def _runtime(model_cfg: ModelConfig, cfg: TrainConfig, platform: str | None = None) -> ModelConfig:
+    """The run's model config; `platform`: the one compiled for (AOT compiles)."""
     m = cfg.model
     return model_cfg.replace(
         param_dtype=m.param_dtype,
-        compute_dtype=_compute_dtype(cfg),
+        compute_dtype=_compute_dtype(cfg, platform),
         attention_impl=m.attention_impl,
         remat_decoder=m.remat_decoder,
         remat_vision=m.remat_vision,
@@ -153,20 +150,6 @@ def _source_record(init: str, tokenizer: str) -> dict[str, Any]:
         names = HFCheckpoint(path).names()
         record["tied_head_in_source"] = "lm_head.weight" in names
     return record
-
-
-def _with_shardings(state: nnx.State, shardings: Any) -> nnx.State:
-    """Restore targets: each Variable's shape and dtype with its sharding."""
-    flat_sh = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
-    flat = list(nnx.to_flat_state(state))
-    if len(flat) != len(flat_sh):
-        raise ValueError("sharding tree does not match the state")
-    return nnx.from_flat_state(
-        [
-            (path, jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh))
-            for (path, v), sh in zip(flat, flat_sh, strict=True)
-        ]
-    )
 
 
 def _lookup(tree: dict, dotted: str) -> Any:
@@ -285,21 +268,8 @@ class Trainer:
             model = load(self.ckpts.root)
         else:
             model = abstract_model(self.model_cfg)
-        graphdef, train, frozen = nnx.split(model, trainable_filter(cfg.optim, cfg.peft), ...)
-        if not jax.tree.leaves(train):
-            raise ValueError("every parameter is frozen: nothing to train")
-        self.fns = StepFns.build(
-            graphdef,
-            train,
-            self.tx,
-            mesh,
-            cfg.mesh.layout,
-            cfg.model.loss_chunk or None,
-            right_padded=not self.data_cfg.packing,
-        )
-        p_train, opt_sh = self.fns.param_shardings, self.fns.opt_shardings
-        p_frozen = named(variable_specs(frozen, mesh, self.param_rules), mesh)
-        opt_shapes = jax.eval_shape(self.tx.init, train)
+        split = TrainSplit.build(model, cfg, self.tx, mesh)
+        train, frozen, self.fns = split.train, split.frozen, split.fns
         it: DataIterator = iter(self.dataset)
         meta: dict[str, Any] = {
             "step": 0,
@@ -310,13 +280,7 @@ class Trainer:
         if self.resume_step is None:
             opt_state = self.fns.init_opt(train)
         else:
-            t_target = _with_shardings(train, p_train)
-            f_target = _with_shardings(frozen, p_frozen)
-            opt_target = jax.tree.map(
-                lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                opt_shapes,
-                opt_sh,
-            )
+            t_target, f_target, opt_target = split.targets()
             saved = (t_target,) if self.adapters else (t_target, f_target)
             out = self.ckpts.restore(self.resume_step, ckpt.params_tree(*saved), opt_target)
             train = ckpt.fill_state(train, out[checkpoint.PARAMS])
@@ -395,7 +359,7 @@ class Trainer:
             while step < self.run_steps:
                 t0 = time.perf_counter()
                 # One micro-batch per step runs as one program (fns.step): no gradient sums.
-                acc = self.fns.zeros(train) if self.accum > 1 else None
+                acc = None if one_program(self.accum) else self.fns.zeros(train)
                 flops, data_time = 0.0, 0.0
                 self.capacity = np.zeros(2)
                 before = it.get_state()  # the data position this step starts from

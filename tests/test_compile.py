@@ -1,0 +1,182 @@
+"""Ahead-of-time compiles for a TPU slice this machine does not have
+(libtpu's compile-only client): the trainer's step with real Mosaic splash
+kernels, the report, the attention dispatcher's platform and the one-line
+errors."""
+
+import importlib.util
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from tempura_jax.aot import cli, report
+from tempura_jax.aot.topologies import TARGETS, devices, target
+
+tpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None, reason='libtpu not installed (pip "jax[tpu]")'
+)
+
+# The demo config with the tiny model, 4 rows over v5e-4's 4 chips (one
+# program, no accumulation), 56x56 frames: 4 of them fill 64 patches.
+TINY = ["--config", "demo", "--model", "tiny", "--shape", "128,64", "--frame", "56x56"]
+ONE_STEP = ["batch.global_size=8", "batch.per_device=2"]
+
+
+@pytest.fixture(scope="module")
+def splash_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("aot") / "v5e.json"
+    argv = [*TINY, "--topology", "v5e-4", "--out", str(out), "model.attention_impl=splash"]
+    rc = cli.main([*argv, *ONE_STEP])
+    return rc, json.loads(out.read_text())
+
+
+@tpu
+def test_splash_step_compiles_for_v5e_and_reports(splash_run):
+    rc, r = splash_run
+    assert rc == 0 and r["fits"]
+    assert r["topology"] == "v5e-4" and r["devices"] == 4
+    assert r["device_kind"].startswith("TPU v5")
+    assert int(np.prod(list(r["mesh"].values()))) == 4
+    assert r["shape"] == {"rows": 8, "seq": 128, "patches": 64, "frame": [56, 56]}
+    assert r["attention_impl"] == "splash" and r["dtypes"]["compute"] == "bfloat16"
+    assert [p["name"] for p in r["programs"]] == ["step"]
+    m = r["memory"]
+    assert set(m) == {"arguments", "temporaries", "outputs", "held", "peak"}
+    assert m["held"] == 0  # one program takes the whole training state
+    assert 0 < m["arguments"] < m["peak"] and m["temporaries"] > 0
+    assert r["hbm_bytes"] == 16 * 2**30 and r["margin_bytes"] == r["hbm_bytes"] - m["peak"]
+    assert r["compile_seconds"] > 0
+    # XLA counts remat, padding and the optimiser too: same order as the model's.
+    assert 0.3 < r["xla_flops"] / r["model_flops"] < 5
+
+
+@tpu
+def test_a_step_that_does_not_fit_exits_2_with_the_numbers(tmp_path, capsys):
+    """32k tokens of dense xla attention: the TPU compiler refuses the program
+    (RESOURCE_EXHAUSTED); that is the measured "does not fit"."""
+    out = tmp_path / "oom.json"
+    argv = ["--config", "demo", "--model", "tiny", "--shape", "32768,64", "--frame", "56x56"]
+    assert cli.main([*argv, "--topology", "v5e-4", "--out", str(out), *ONE_STEP]) == 2
+    r = json.loads(out.read_text())
+    assert not r["fits"] and "RESOURCE_EXHAUSTED" in r["compile_error"]
+    assert r["memory"]["temporaries"] > r["hbm_bytes"] and r["margin_bytes"] < 0
+    assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+@tpu
+def test_refit_judges_the_same_compile_against_less_memory(splash_run):
+    _, r = splash_run
+    tight = report.refit(r, r["memory"]["peak"] - 1)
+    assert not tight["fits"] and tight["margin_bytes"] == -1
+    assert cli.exit_status(tight) == cli.EXIT_DOES_NOT_FIT == 2
+    assert "DOES NOT FIT" in report.text(tight) and "FITS" in report.text(r)
+
+
+@tpu
+def test_auto_on_tpu_lowers_to_the_splash_program():
+    import configs
+    from tempura_jax import overrides
+    from tempura_jax.aot.compile import lower_train
+    from tempura_jax.config import tiny
+
+    texts = {}
+    for impl in ("auto", "splash"):
+        cfg = overrides.apply(
+            configs.get("demo").get_config(1), [f"model.attention_impl={impl}", *ONE_STEP]
+        )
+        lo = lower_train(cfg, tiny(), target("v5e-4"), 128, 64, (56, 56))
+        texts[impl] = lo.programs[0][2].as_text()
+    assert texts["auto"].count("tpu_custom_call") >= 3  # decoder, windows, frames
+    assert texts["auto"] == texts["splash"]
+
+
+@tpu
+def test_accumulation_lowers_accumulate_and_apply_and_counts_the_held_state():
+    """With accumulation the optimiser state stays in HBM while `accumulate`
+    runs without it: counted in that program's peak."""
+    import configs
+    from tempura_jax import overrides
+    from tempura_jax.aot.compile import held, lower_train
+    from tempura_jax.config import tiny
+
+    cfg = overrides.apply(configs.get("demo").get_config(1), ["batch.global_size=16"])
+    lo = lower_train(cfg, tiny(), target("v5e-4"), 128, 64, (56, 56))
+    assert [(name, runs) for name, runs, *_ in lo.programs] == [("accumulate", 2), ("apply", 1)]
+    # AdamW's two fp32 moments of every trainable parameter, replicated (fsdp 1).
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(lo.programs[0][2].args_info[0][0]))
+    assert lo.programs[0][3] >= 2 * 4 * params > 0
+    assert held(()) == 0
+
+
+@tpu
+def test_dispatcher_platform_is_the_mesh_s():
+    from jax.sharding import Mesh
+
+    from tempura_jax.ops import attention
+
+    tpu = Mesh(np.array(devices(TARGETS["v5e-4"])).reshape(1, 4, 1), ("data", "fsdp", "tensor"))
+    cpu = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    assert attention.platform() == jax.default_backend() == "cpu"
+    with jax.set_mesh(tpu):
+        assert attention.platform() == "tpu"
+    with jax.set_mesh(cpu):
+        assert attention.platform() == "cpu"
+
+
+@tpu
+def test_unknown_topology_lists_the_known_ones(capsys):
+    assert cli.main([*TINY, "--topology", "v9z-8"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "unknown topology 'v9z-8'" in err and "v5e-8" in err and "h100-8" in err
+
+
+@tpu
+def test_mesh_shape_not_matching_the_devices_names_both(capsys):
+    argv = [*TINY, "--topology", "v5e-4", "mesh.shape=1,3,1"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "mesh.shape (1, 3, 1)" in err and "v5e-4" in err and "4 devices" in err
+
+
+@tpu
+def test_generate_compiles_prefill_and_decode_for_v5e(tmp_path, capsys):
+    out = tmp_path / "gen.json"
+    argv = [*TINY, "--topology", "v5e-4", "--what", "generate", "--new-tokens", "4"]
+    assert cli.main([*argv, "--batch", "4", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["what"] == "generate" and [p["name"] for p in r["programs"]] == ["generate"]
+    assert r["shape"]["rows"] == 4 and r["dtypes"]["param"] == "bfloat16"
+    assert r["memory"]["peak"] > r["memory"]["arguments"] > 0 and r["fits"]
+    assert "generate for v5e-4" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("jax_plugins") is None
+    or importlib.util.find_spec("jax_plugins.xla_cuda13") is None,
+    reason='the CUDA plugin is not installed (pip install -e ".[aot-gpu]", 4.4 GB)',
+)
+def test_auto_step_compiles_for_h100_with_cudnn_and_pallas(tmp_path):
+    """Deviceless CUDA: cuDNN attention for the decoder, the Pallas (Triton)
+    kernel for the vision tower, through XLA's GPU compiler for sm_90."""
+    out = tmp_path / "h100.json"
+    argv = ["--config", "demo", "--model", "tiny", "--shape", "256,1024", "--frame", "196x336"]
+    rc = cli.main(
+        [
+            *argv,
+            "--topology",
+            "h100-1",
+            "--out",
+            str(out),
+            "batch.global_size=2",
+            "model.attention_impl=auto",
+        ]
+    )
+    r = json.loads(out.read_text())
+    assert rc == 0 and r["fits"] and r["device_kind"] == "NVIDIA H100 80GB HBM3"
+    kernels = r["programs"][0]["kernels"]
+    assert any("cudnn" in k for k in kernels), kernels
+    assert any("triton" in k for k in kernels), kernels
+    assert r["memory"]["peak"] > r["memory"]["arguments"] > 0 and r["model_flops"] > 0
