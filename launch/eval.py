@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tempura_jax import infer  # noqa: E402
+from tempura_jax.inference import infer  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -157,7 +157,7 @@ def check_resume(predictions: Path, settings: dict[str, Any], overwrite: bool) -
 def run(args, bench, videos: Path) -> None:
     from tqdm import tqdm
 
-    from tempura_jax.generate import SamplingConfig
+    from tempura_jax.inference.generate import SamplingConfig
 
     cases = bench.cases(args.annotations, videos, args.ext)[: args.limit]
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens or bench.max_new_tokens)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tempura_jax import infer, tasks  # noqa: E402
+from tempura_jax.inference import infer, tasks  # noqa: E402
 
 
 def _pair(text: str | None) -> list[float] | None:
@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from tempura_jax.generate import SamplingConfig
+    from tempura_jax.inference.generate import SamplingConfig
 
     try:
         if args.batch:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import qvh_one_query
 
-from tempura_jax import infer
-from tempura_jax.infer import Prediction
+from tempura_jax.inference import infer
+from tempura_jax.inference.infer import Prediction
 
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("launch_eval", REPO / "launch" / "eval.py")

@@ -19,14 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from tempura_jax import checkpoint, overrides, tasks
+from tempura_jax import checkpoint, overrides
 from tempura_jax.data.batching import collate, model_inputs
 from tempura_jax.data.config import DataConfig
 from tempura_jax.data.events import Event, mask_frame_range
 from tempura_jax.data.records import Record
 from tempura_jax.data.sample import Example, ExampleBuilder, SampleError
 from tempura_jax.data.tokenizer import Tokenizer
-from tempura_jax.generate import SamplingConfig, generate
+from tempura_jax.inference import tasks
+from tempura_jax.inference.generate import SamplingConfig, generate
 
 log = logging.getLogger(__name__)
 
