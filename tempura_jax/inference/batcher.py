@@ -1,6 +1,7 @@
 """A request queue in front of one Predictor: concurrent requests that share
-their sampling knobs run as one fixed-shape batch (the Predictor's
-batch_size rows, its sequence/patch buckets, a power-of-two decode length),
+their sampling knobs run as one fixed-shape batch (a power-of-two row count
+up to the Predictor's batch_size, its sequence/patch buckets, a power-of-two
+decode length),
 so the compiled prefill and decode programs are reused and the device sees
 batches, not one request at a time.
 
@@ -23,6 +24,12 @@ from tempura_jax.inference.generate import SamplingConfig
 from tempura_jax.inference.infer import Predictor
 
 log = logging.getLogger(__name__)
+
+
+def row_bucket(n: int, limit: int) -> int:
+    """The rows a batch of n requests runs with: a power of two up to `limit`
+    (the Predictor's batch_size), so a lone request does not pay for a full batch."""
+    return min(limit, 1 << (max(n, 1) - 1).bit_length())
 
 
 def decode_bucket(n: int, limit: int) -> int:
@@ -119,7 +126,8 @@ class Batcher:
             seed=first.seed,
         )
         try:
-            rows = self.predictor.generate_tokens([j.example for j in batch], sampling)
+            rows = row_bucket(len(batch), self.predictor.batch_size)
+            ids = self.predictor.generate_tokens([j.example for j in batch], sampling, rows)
         except Exception as e:  # noqa: BLE001 - the request fails, the server stays up
             log.exception("batch of %d failed", len(batch))
             for job in batch:
@@ -129,5 +137,5 @@ class Batcher:
             self.stats.batches += 1
             self.stats.rows += len(batch)
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        for job, row in zip(batch, rows, strict=True):
+        for job, row in zip(batch, ids, strict=True):
             job.future.set_result((row[: job.max_tokens], len(batch)))

@@ -195,16 +195,20 @@ class Predictor:
         return builder.build(self.record(case))
 
     def generate_tokens(
-        self, examples: list[Example], sampling: SamplingConfig | None = None
+        self,
+        examples: list[Example],
+        sampling: SamplingConfig | None = None,
+        rows: int | None = None,
     ) -> list[list[int]]:
         """Each example's generated ids (up to and including its stop id), run as
-        one batch of `batch_size` rows (the rest copies of the first), so every
-        call reuses the compiled program of its shape bucket. `sampling`
-        (default: the Predictor's) must keep its stop, pad and suppress ids."""
-        n = len(examples)
-        if not 0 < n <= self.batch_size:
-            raise ValueError(f"need 1 to {self.batch_size} examples per batch, got {n}")
-        rows = examples + [examples[0]] * (self.batch_size - n)
+        one batch of `rows` (default `batch_size`) rows, the rest copies of the
+        first, so every call reuses the compiled program of its shape bucket.
+        `sampling` (default: the Predictor's) must keep its stop, pad and
+        suppress ids."""
+        n, rows = len(examples), rows or self.batch_size
+        if not 0 < n <= rows:
+            raise ValueError(f"need 1 to {rows} examples per batch, got {n}")
+        rows = examples + [examples[0]] * (rows - n)
         batch = collate(rows, self.data, self.model.config, self.tok.pad_id)
         inputs = dataclasses.replace(model_inputs(left_pad(batch)), right_padded=False)
         return generate(self.model, inputs, sampling or self.sampling).rows()[:n]
