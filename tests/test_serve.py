@@ -153,4 +153,3 @@ def test_bad_requests_get_a_400_with_the_reason(server, tmp_path):
     assert r.status_code == 400 and "not JSON" in r.json()["error"]["message"]
     # The server still answers.
     assert ask(client, **REQUESTS[0]).model_extra["tempura"]["task"] == "dense"
-
