@@ -5,7 +5,8 @@ on a tiny random model over the demo videos, on this machine's CPU.
     python bench/serve.py --out bench/results/serve_tiny_cpu.json
 
 Every video is sent once first (compiling its shape bucket); each level then
-sends one warm-up wave and `--rounds` requests per client, each client one
+sends `--warmup` unmeasured waves (batch shapes first seen compile there; one
+first seen later is in the numbers) and `--rounds` requests per client, each client one
 request at a time.
 """
 
@@ -45,6 +46,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--levels", default="1,4,16")
     p.add_argument("--rounds", type=int, default=3, help="requests per client per level")
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured waves per level first")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--out", type=Path)
@@ -85,7 +87,7 @@ def main() -> None:
             one(i)
         for level in (int(x) for x in a.levels.split(",")):
             with ThreadPoolExecutor(level) as pool:
-                list(pool.map(lambda c: client_loop(c, 1), range(level)))  # warm-up wave
+                list(pool.map(lambda c: client_loop(c, a.warmup), range(level)))  # compiles
                 t = time.perf_counter()
                 runs = list(pool.map(lambda c: client_loop(c, a.rounds), range(level)))
                 wall = time.perf_counter() - t
