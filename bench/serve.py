@@ -35,7 +35,10 @@ def start(args: list[str]) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "tempura_jax.inference.serve", *args, "--port", "0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)  # fmt: skip
-    line = proc.stdout.readline()
+    line = ""
+    for line in proc.stdout:  # logs may come before the line with the address
+        if "http://" in line:
+            break
     if "http://" not in line:
         raise SystemExit(f"server did not start: {line}{proc.stdout.read()[-2000:]}")
     threading.Thread(target=proc.stdout.read, daemon=True).start()

@@ -27,7 +27,14 @@ def start_server(args: list[str], timeout: float = 240) -> tuple[subprocess.Pope
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+
+    def first_url() -> None:  # the line that names the address (logs may come first)
+        for text in proc.stdout:
+            if "http://" in text:
+                line.append(text)
+                return
+
+    reader = threading.Thread(target=first_url, daemon=True)
     reader.start()
     reader.join(timeout)
     if not line or "http://" not in line[0]:
@@ -39,11 +46,14 @@ def start_server(args: list[str], timeout: float = 240) -> tuple[subprocess.Pope
 
 @pytest.fixture(scope="module")
 def server(demo_data, tmp_path_factory):
+    from converters.convert import to_orbax
     from tempura_jax.config import tiny
     from tempura_jax.random_checkpoint import write_random_hf_checkpoint
 
-    ckpt = tmp_path_factory.mktemp("serve") / "tiny"
-    write_random_hf_checkpoint(tiny(), ckpt, dtype="float32")
+    folder = tmp_path_factory.mktemp("serve")
+    write_random_hf_checkpoint(tiny(), folder / "hf", dtype="float32")
+    ckpt = folder / "tiny"
+    to_orbax(folder / "hf", ckpt)  # a tempura-jax checkpoint, as tempura-convert writes
     proc, port = start_server([
         "--checkpoint", str(ckpt), "--tokenizer", demo_data["tokenizer"],
         "--media-root", demo_data["media_root"], "--model-name", "tiny",

@@ -31,7 +31,14 @@ def demo_server(demo_data, tmp_path):
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+
+    def first_url() -> None:  # the line that names the address (logs may come first)
+        for text in proc.stdout:
+            if "http://" in text:
+                line.append(text)
+                return
+
+    reader = threading.Thread(target=first_url, daemon=True)
     reader.start()
     reader.join(240)
     if not line or "http://" not in line[0]:

@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port} ({e})", file=sys.stderr)
         return 2
+    sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
     port = sock.getsockname()[1]
     print(f"tempura-serve: {service.model_name} on http://{args.host}:{port}/v1", flush=True)
     config = uvicorn.Config(create_app(service), log_level="warning", timeout_graceful_shutdown=5)

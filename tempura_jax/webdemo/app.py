@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
+    sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
     print(f"tempura-demo: http://{args.host}:{sock.getsockname()[1]}/", flush=True)
     uvicorn.Server(uvicorn.Config(create_app(session), log_level="warning")).run(sockets=[sock])
     return 0
