@@ -46,7 +46,7 @@ import jax  # noqa: E402
 
 import tempura_jax  # noqa: E402
 from tempura_jax import config as C  # noqa: E402
-from tempura_jax.generate import SamplingConfig, generate  # noqa: E402
+from tempura_jax.inference.generate import SamplingConfig, generate  # noqa: E402
 from tempura_jax.random_checkpoint import write_random_hf_checkpoint  # noqa: E402
 
 Arrays = dict[str, np.ndarray]

@@ -12,7 +12,7 @@ from conftest import qvh_one_query
 
 from tempura_jax.data.events import Event
 from tempura_jax.eval import benchmarks, dvc
-from tempura_jax.infer import Prediction
+from tempura_jax.inference.infer import Prediction
 
 
 def ev(a, b, c="x"):

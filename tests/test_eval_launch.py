@@ -1,20 +1,14 @@
 """launch/eval.py without a model: resuming (settings sidecar, retried errors) and --out."""
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 from conftest import qvh_one_query
 
-from tempura_jax import infer
-from tempura_jax.infer import Prediction
-
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("launch_eval", REPO / "launch" / "eval.py")
-launch_eval = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(launch_eval)
+from tempura_jax.cli import eval as launch_eval
+from tempura_jax.inference import infer
+from tempura_jax.inference.infer import Prediction
 
 
 class FakePredictor:

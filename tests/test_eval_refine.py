@@ -9,12 +9,12 @@ import pytest
 from conftest import demo_data_config
 from flax import nnx
 
-from tempura_jax import infer
 from tempura_jax.config import tiny
 from tempura_jax.data.tokenizer import Tokenizer
 from tempura_jax.eval import refine
-from tempura_jax.generate import SamplingConfig
-from tempura_jax.infer import Predictor
+from tempura_jax.inference import infer
+from tempura_jax.inference.generate import SamplingConfig
+from tempura_jax.inference.infer import Predictor
 from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL
 from tempura_jax.reference_prompts import VTG_REFINE
 

@@ -5,7 +5,7 @@ import pytest
 from conftest import IMAGE, VEND, VIDEO, VSTART, pixels, vision_block
 
 import tempura_jax
-from tempura_jax.generate import SamplingConfig, generate, sample_token
+from tempura_jax.inference.generate import SamplingConfig, generate, sample_token
 
 SUPPRESS = (IMAGE, VIDEO, VSTART, VEND)  # a random model must not emit placeholders
 STEPS = 6
@@ -133,7 +133,7 @@ def test_right_padding_is_refused(model):
 
 
 def test_new_seeds_and_temperatures_reuse_one_compilation(model):
-    from tempura_jax.generate import _generate
+    from tempura_jax.inference.generate import _generate
 
     ids, media = _sample("text")
     inputs = tempura_jax.prepare_inputs(model.config, np.array([ids]), **media)

@@ -9,12 +9,13 @@ import pytest
 from conftest import demo_data_config
 from flax import nnx
 
-from tempura_jax import overrides, tasks
+from tempura_jax import overrides
 from tempura_jax.config import tiny
 from tempura_jax.data.config import DataConfig
 from tempura_jax.data.tokenizer import Tokenizer
-from tempura_jax.generate import SamplingConfig
-from tempura_jax.infer import Case, Predictor, checkpoint_setup, left_pad, read_cases
+from tempura_jax.inference import tasks
+from tempura_jax.inference.generate import SamplingConfig
+from tempura_jax.inference.infer import Case, Predictor, checkpoint_setup, left_pad, read_cases
 from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL
 
 

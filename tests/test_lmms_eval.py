@@ -246,8 +246,8 @@ def test_loglikelihood_matches_the_first_decode_step(lmms_run, demo_data):
     from lmms_eval.api.instance import Instance
 
     from tempura_jax.data.batching import collate, model_inputs
-    from tempura_jax.generate import generate
-    from tempura_jax.infer import Case, left_pad
+    from tempura_jax.inference.generate import generate
+    from tempura_jax.inference.infer import Case, left_pad
     from tempura_jax.lmms.model import TempuraJax
 
     _, _, tasks_dir = lmms_run

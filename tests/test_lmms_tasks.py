@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tempura_jax import tasks
 from tempura_jax.eval import benchmarks
+from tempura_jax.inference import tasks
 from tempura_jax.lmms import task_folder
 from tempura_jax.lmms.tasks import utils
 from tempura_jax.reference_prompts import VHD_FT, VTG

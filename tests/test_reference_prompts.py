@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from tempura_jax import reference_prompts as rp
-from tempura_jax import tasks
+from tempura_jax.inference import tasks
 
 SHA256 = {
     "VTG": "a1b966dc09620035031cf1324fa7ef990194a187418897ab7d7b12b46921b69b",

@@ -16,7 +16,7 @@ from tempura_jax.aot.compile import Compiled, Program, target_mesh
 from tempura_jax.aot.topologies import Target
 from tempura_jax.config import ModelConfig
 from tempura_jax.data.batching import model_inputs
-from tempura_jax.generate import _generate, _Static
+from tempura_jax.inference.generate import _generate, _Static
 from tempura_jax.loading import abstract_model
 from tempura_jax.sharding import batch_shards, batch_spec, layout_rules, named, variable_specs
 from tempura_jax.train.config import TrainConfig

@@ -16,13 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tempura_jax import tasks
 from tempura_jax.data.events import Event, parse_events
 from tempura_jax.data.records import load_records
 from tempura_jax.eval import charades, dvc, qvhighlights
 from tempura_jax.eval.jsonl import read_objects
 from tempura_jax.eval.parsing import parse_windows
-from tempura_jax.infer import Case, Prediction
+from tempura_jax.inference import tasks
+from tempura_jax.inference.infer import Case, Prediction
 
 
 @dataclasses.dataclass(frozen=True)

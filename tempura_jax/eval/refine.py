@@ -16,11 +16,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tempura_jax import tasks
 from tempura_jax.data.chat import chat_tokens
 from tempura_jax.eval.parsing import parse_highlights, parse_windows
-from tempura_jax.generate import generate
-from tempura_jax.infer import Case, Predictor
+from tempura_jax.inference import tasks
+from tempura_jax.inference.generate import generate
+from tempura_jax.inference.infer import Case, Predictor
 from tempura_jax.model.inputs import prepare_inputs
 from tempura_jax.reference_prompts import VHD_REFINE, VTG_REFINE
 

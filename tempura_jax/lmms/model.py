@@ -5,7 +5,7 @@
 
 The batch size is lmms-eval's own `--batch_size` (its CLI passes it to every
 model, so it cannot also be a model_arg). Requests go through the Predictor
-(`tempura_jax.infer`): the checkpoint's own
+(`tempura_jax.inference.infer`): the checkpoint's own
 frame sampling, stamps, pixel budget, visual mode and system prompt, in fixed
 shape batches. `fps`, `num_frames`, `max_frames`, `min_pixels` and `max_pixels`
 override the checkpoint's data config; `overrides="k=v k=v"` sets any other
@@ -25,10 +25,10 @@ import numpy as np
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
-from tempura_jax import infer
 from tempura_jax.data.records import Record
 from tempura_jax.data.sample import ExampleBuilder, SampleError
-from tempura_jax.generate import SamplingConfig
+from tempura_jax.inference import infer
+from tempura_jax.inference.generate import SamplingConfig
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import os
 import sys
 from pathlib import Path
 
-from tempura_jax import tasks
 from tempura_jax.eval import benchmarks
+from tempura_jax.inference import tasks
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
 # benchmark -> lmms-eval task name (before the protocol suffix)

@@ -1,4 +1,4 @@
-"""lmms-eval hooks of TEMPURA's tasks: prompts from `tempura_jax.tasks`, answers
+"""lmms-eval hooks of TEMPURA's tasks: prompts from `tempura_jax.inference.tasks`, answers
 parsed and rows written by `tempura_jax.eval.benchmarks`, and the scores of
 `launch/eval.py` (the same functions, so the two agree on every number).
 
@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tempura_jax import tasks
 from tempura_jax.eval import benchmarks
-from tempura_jax.infer import Case, Prediction
+from tempura_jax.inference import tasks
+from tempura_jax.inference.infer import Case, Prediction
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from tempura_jax import checkpoint, overrides, tasks
+from tempura_jax import checkpoint, overrides
 from tempura_jax.data.batching import collate, model_inputs
 from tempura_jax.data.config import DataConfig
 from tempura_jax.data.events import Event, mask_frame_range
 from tempura_jax.data.records import Record
 from tempura_jax.data.sample import Example, ExampleBuilder, SampleError
 from tempura_jax.data.tokenizer import Tokenizer
-from tempura_jax.generate import SamplingConfig, generate
+from tempura_jax.inference import tasks
+from tempura_jax.inference.generate import SamplingConfig, generate
 
 log = logging.getLogger(__name__)
 
@@ -193,17 +194,32 @@ class Predictor:
         builder = self.builders["masked" if case.task == "masked" else "free"]
         return builder.build(self.record(case))
 
-    def _generate(self, examples: list[Example]) -> list[str]:
-        n = len(examples)
-        rows = examples + [examples[0]] * (self.batch_size - n)
+    def generate_tokens(
+        self,
+        examples: list[Example],
+        sampling: SamplingConfig | None = None,
+        rows: int | None = None,
+    ) -> list[list[int]]:
+        """Each example's generated ids (up to and including its stop id), run as
+        one batch of `rows` (default `batch_size`) rows, the rest copies of the
+        first, so every call reuses the compiled program of its shape bucket.
+        `sampling` (default: the Predictor's) must keep its stop, pad and
+        suppress ids."""
+        n, rows = len(examples), rows or self.batch_size
+        if not 0 < n <= rows:
+            raise ValueError(f"need 1 to {rows} examples per batch, got {n}")
+        rows = examples + [examples[0]] * (rows - n)
         batch = collate(rows, self.data, self.model.config, self.tok.pad_id)
         inputs = dataclasses.replace(model_inputs(left_pad(batch)), right_padded=False)
-        out = generate(self.model, inputs, self.sampling)
+        return generate(self.model, inputs, sampling or self.sampling).rows()[:n]
+
+    def decode(self, row: list[int]) -> str:
+        """A generated row as text, without its stop and pad ids."""
         stops = set(self.sampling.stop_ids)
-        texts = []
-        for row in out.rows()[:n]:
-            texts.append(self.tok.decode([t for t in row if t not in stops]).strip())
-        return texts
+        return self.tok.decode([t for t in row if t not in stops]).strip()
+
+    def _generate(self, examples: list[Example]) -> list[str]:
+        return [self.decode(row) for row in self.generate_tokens(examples)]
 
     def run(
         self, cases: Sequence[Case], progress: Callable[[int], None] | None = None

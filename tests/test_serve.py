@@ -1,0 +1,165 @@
+"""tempura-serve as a real HTTP server on 127.0.0.1 (a subprocess on a free
+port), driven with the `openai` client: shapes, streaming, batching of
+concurrent requests (greedy answers equal single runs), limits and bad media."""
+
+import base64
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_FRAMES = 15
+
+
+def start_server(args: list[str], timeout: float = 240) -> tuple[subprocess.Popen, int]:
+    """Start `python -m tempura_jax.inference.serve ARGS --port 0`; (process, port)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "tempura_jax.inference.serve", *args, "--port", "0"]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    line: list[str] = []
+
+    def first_url() -> None:  # the line that names the address (logs may come first)
+        for text in proc.stdout:
+            if "http://" in text:
+                line.append(text)
+                return
+
+    reader = threading.Thread(target=first_url, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not line or "http://" not in line[0]:
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line} {proc.stdout.read()[-2000:]}")
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+    return proc, int(line[0].rsplit(":", 1)[1].split("/")[0])
+
+
+@pytest.fixture(scope="module")
+def server(demo_data, tmp_path_factory):
+    from converters.convert import to_orbax
+    from tempura_jax.config import tiny
+    from tempura_jax.random_checkpoint import write_random_hf_checkpoint
+
+    folder = tmp_path_factory.mktemp("serve")
+    write_random_hf_checkpoint(tiny(), folder / "hf", dtype="float32")
+    ckpt = folder / "tiny"
+    to_orbax(folder / "hf", ckpt)  # a tempura-jax checkpoint, as tempura-convert writes
+    proc, port = start_server([
+        "--checkpoint", str(ckpt), "--tokenizer", demo_data["tokenizer"],
+        "--media-root", demo_data["media_root"], "--model-name", "tiny",
+        "--batch-size", "4", "--batch-wait-ms", "800", "--max-frames", str(MAX_FRAMES),
+        "--max-tokens", "16", "--max-request-bytes", str(1 << 20),
+        "pixels.min_pixels=6272", "pixels.max_pixels=6272", "max_seq_len=1024",
+    ])  # fmt: skip
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+    yield client, f"http://127.0.0.1:{port}", Path(demo_data["media_root"])
+    proc.terminate()
+    proc.wait(30)
+
+
+def video(path: str, text: str = "") -> list[dict]:
+    return [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": path}}, {"type": "text", "text": text},
+    ]}]  # fmt: skip
+
+
+def ask(client, messages, **kw):
+    kw.setdefault("max_tokens", 8)
+    return client.chat.completions.create(model="tiny", messages=messages, **kw)
+
+
+SHORT = "videos/demo_000.mp4"  # 13.9 s: 14 frames at 1 FPS
+REQUESTS = [
+    dict(messages=video(SHORT), extra_body={"task": "dense"}),
+    dict(messages=video(SHORT, "a red circle"), extra_body={"task": "grounding"}),
+    dict(messages=video(SHORT), extra_body={"task": "masked", "mask": [3, 6]}),
+    dict(messages=video(SHORT, "What moves first?")),
+]
+
+
+def test_models_health_and_a_completion(server):
+    client, url, _ = server
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    r = ask(client, **REQUESTS[0])
+    assert r.object == "chat.completion" and r.model == "tiny"
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason in ("stop", "length")
+    extra = r.model_extra["tempura"]
+    assert extra["task"] == "dense" and "events" in extra
+    assert extra["frame_times"] == [float(i) for i in range(14)]
+    assert 0 < len(extra["token_ids"]) <= 8
+    assert r.usage.prompt_tokens > 14 and r.usage.completion_tokens >= len(extra["token_ids"])
+
+
+def test_streaming_equals_non_streaming(server):
+    client, _, _ = server
+    whole = ask(client, **REQUESTS[3])
+    chunks = list(ask(client, **REQUESTS[3], stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish[0].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert finish[0].model_extra["tempura"] == {**whole.model_extra["tempura"]}
+    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
+
+
+def test_concurrent_requests_are_batched_and_equal_single_runs(server):
+    client, _, _ = server
+    single = [ask(client, **r) for r in REQUESTS]
+    assert all(s.model_extra["tempura"]["batch_size"] == 1 for s in single)
+    with ThreadPoolExecutor(len(REQUESTS)) as pool:
+        together = list(pool.map(lambda r: ask(client, **r), REQUESTS))
+    assert max(t.model_extra["tempura"]["batch_size"] for t in together) > 1
+    for s, t in zip(single, together, strict=True):
+        assert t.model_extra["tempura"]["token_ids"] == s.model_extra["tempura"]["token_ids"]
+        assert t.choices[0].message.content == s.choices[0].message.content
+
+
+def test_image_frames_as_data_urls(server):
+    client, _, root = server
+    frames = [root / "frames" / next(iter(os.listdir(root / "frames"))) / f"{i}.jpg"
+              for i in range(3)]  # fmt: skip
+    parts = [{"type": "image_url", "image_url": {
+        "url": "data:image/jpeg;base64," + base64.b64encode(f.read_bytes()).decode()}}
+        for f in frames]  # fmt: skip
+    r = ask(client, [{"role": "user", "content": [*parts, {"type": "text", "text": "Describe."}]}])
+    assert r.model_extra["tempura"]["frame_times"] == [0.0, 1.0, 2.0]
+
+
+def bad(client, messages, **kw) -> str:
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, messages, **kw)
+    return e.value.response.json()["error"]["message"]
+
+
+def test_bad_requests_get_a_400_with_the_reason(server, tmp_path):
+    client, url, root = server
+    assert "media not found: videos/nope.mp4" in bad(client, video("videos/nope.mp4"))
+    assert "outside the media root" in bad(client, video("../../etc/hostname"))
+    assert "outside the media root" in bad(client, video("file:///etc/hostname"))
+    assert "garbage base64" in bad(client, video("data:video/mp4;base64,@@not base64@@"))
+    junk = "data:video/mp4;base64," + base64.b64encode(b"\x00junk" * 50).decode()
+    assert "bad media" in bad(client, video(junk))
+    long = "videos/demo_001.mp4"  # 16 s: 16 frames
+    assert f"16 frames, over the limit max_frames={MAX_FRAMES}" in bad(client, video(long))
+    assert "remote media is off" in bad(client, video("http://127.0.0.1:9/v.mp4"))
+    assert "over the limit max_tokens=16" in bad(client, video(SHORT), max_tokens=17)
+    huge = "data:video/mp4;base64," + "A" * (1 << 20)
+    assert "over the limit max_request_bytes" in bad(client, video(huge))
+    assert "needs a masked window" in bad(client, video(SHORT), extra_body={"task": "masked"})
+    r = httpx.post(f"{url}/v1/chat/completions", content=b"{not json")
+    assert r.status_code == 400 and "not JSON" in r.json()["error"]["message"]
+    # The server still answers.
+    assert ask(client, **REQUESTS[0]).model_extra["tempura"]["task"] == "dense"
