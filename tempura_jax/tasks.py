@@ -4,7 +4,8 @@ Dense captioning and masked-event prediction use the reference's own prompts
 (`data.events.PROMPTS["reference"]`, the wording of VER and of the demo
 data), so a TEMPURA checkpoint sees the wording it was trained on;
 `dense_project` / `masked_project` send this project's earlier wording.
-Grounding and highlight detection ask for the answer formats the evaluation parsers read (`eval.parsing`).
+Grounding and highlight detection ask for the answer formats the evaluation
+parsers read (`eval.parsing`).
 """
 
 from __future__ import annotations
