@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from openai_fake import FakeServer
+from test_train import tiny_init  # noqa: F401 - the tiny random checkpoint fixture
 
 from tempura_jax.annotate import answers, cli
 from tempura_jax.annotate.repair import InvalidEvents, repair_events
@@ -307,3 +308,36 @@ def test_repair_and_lenient_answers(tmp_path):
         answers.parse("category", '{"category": "Cats", "talking": false}')
     write_atomic(tmp_path / "a.json", "{}")
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_outputs_train_stage_1_then_stage_2(videos, full_run, request, tmp_path):
+    """Two steps of each stage on the annotated records (the tiny model)."""
+    random_init = request.getfixturevalue("tiny_init")  # tests/test_train.py's fixture
+    import jax
+
+    import configs
+    from tempura_jax import overrides
+    from tempura_jax.train.trainer import Trainer
+
+    out, _ = full_run
+    common = [
+        f"data.media_root={videos['root']}",
+        f"data.tokenizer={videos['tokenizer']}",
+        "data.read_threads=1", "tensorboard=false", "progress=false", "max_steps=2",
+        "batch.global_size=2", "batch.per_device=2",
+        # one padded shape for every batch: one compilation per stage
+        "data.sampling.max_frames=6", "data.seq_bucket_min=1024", "data.patch_bucket_min=2048",
+    ]  # fmt: skip
+    losses = {}
+    for stage, data, init in (
+        (1, "stage1_masked.json", random_init),
+        (2, "stage2_dense.json", tmp_path / "s1" / "checkpoints"),
+    ):
+        extra = [
+            f"data.data={out / data}",
+            f"model.init={init}",
+            f"workdir={tmp_path / f's{stage}'}",
+        ]
+        cfg = overrides.apply(configs.get("demo").get_config(stage), [*common, *extra])
+        losses[stage] = Trainer(cfg, devices=jax.devices()[:1]).run().losses
+    assert all(len(v) == 2 and all(np.isfinite(v)) for v in losses.values()), losses
