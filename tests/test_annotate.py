@@ -20,6 +20,7 @@ from test_train import tiny_init  # noqa: F401 - the tiny random checkpoint fixt
 
 from tempura_jax.annotate import answers, cli
 from tempura_jax.annotate.repair import InvalidEvents, repair_events
+from tempura_jax.annotate.run import list_videos, take_shard
 from tempura_jax.annotate.store import content_hash, write_atomic
 from tempura_jax.data.events import PROMPTS, parse_events
 from tempura_jax.data.video_io import write_video
@@ -352,3 +353,48 @@ def test_outputs_train_stage_1_then_stage_2(videos, full_run, request, tmp_path)
         cfg = overrides.apply(configs.get("demo").get_config(stage), [*common, *extra])
         losses[stage] = Trainer(cfg, devices=jax.devices()[:1]).run().losses
     assert all(len(v) == 2 and all(np.isfinite(v)) for v in losses.values()), losses
+
+
+def test_video_lists_metadata_and_shards(tmp_path):
+    (tmp_path / "a").mkdir()
+    for name in ("a/x.mp4", "b.mkv", "c.txt"):
+        (tmp_path / name).write_bytes(b"")
+    root, found = list_videos(tmp_path)
+    assert root == tmp_path and [v.rel for v in found] == ["a/x.mp4", "b.mkv"]
+    (tmp_path / "list.txt").write_text("# one per line\nb.mkv\n\na/x.mp4\n/abs/y.mp4\n")
+    meta = tmp_path / "m.jsonl"
+    meta.write_text(json.dumps({"video": "x", "title": "t"}) + "\n")
+    root, listed = list_videos(tmp_path / "list.txt", meta)
+    assert [v.rel for v in listed] == ["/abs/y.mp4", "a/x.mp4", "b.mkv"]
+    assert listed[1].metadata == {"video": "x", "title": "t"} and listed[2].metadata is None
+    shards = [take_shard(listed, i, 2) for i in range(2)]
+    assert sorted(v.rel for s in shards for v in s) == sorted(v.rel for v in listed)
+    meta.write_text("{bad\n")
+    with pytest.raises(ValueError, match="m.jsonl: line 1"):
+        list_videos(tmp_path, meta)
+    with pytest.raises(FileNotFoundError, match="no such folder or list file"):
+        list_videos(tmp_path / "nothing")
+
+
+def test_cli_options_and_bad_arguments(capsys):
+    text = cli.parser().format_help()
+    for flag in (
+        "--videos",
+        "--out",
+        "--base-url",
+        "--model",
+        "--api-key-env",
+        "--metadata",
+        "--concurrency",
+        "--shard",
+        "--dry-run",
+        "--merge",
+        "--grid",
+        "--frame-width",
+    ):
+        assert flag in text
+    with pytest.raises(SystemExit):
+        cli.main(["--videos", "v", "--out", "o", "--shard", "2/2"])
+    assert "--shard 2/2: need N >= 1 and 0 <= I < N" in capsys.readouterr().err
+    assert cli.main(["--videos", "/nonexistent/v", "--out", "/tmp/never"]) == 2
+    assert "no such folder or list file" in capsys.readouterr().err

@@ -122,15 +122,18 @@ class VideoJob:
         ]
 
     # -- one cached request --------------------------------------------------------------
-    def ask(self, stage: str, system: str, user: str, images: str | None = None, check=None):
+    def ask(
+        self, stage: str, system: str, user: str, images: str | None = None, check=None, extra=None
+    ):
         """The cached answer, or a new one. `images` ("all" | "overview") adds the
-        frame grids; they enter the key through the grid/sampling settings."""
+        frame grids; they enter the key through the grid/sampling settings, as
+        `extra` (what `check` depends on) does."""
         image_key = (
             dataclasses.asdict(self.cfg.grid) | {"fps": self.cfg.fps, "max": self.cfg.max_frames}
             if images
             else None
         )
-        key = f"{stage}-{_digest([system, user, images, image_key])}"
+        key = f"{stage}-{_digest([system, user, images, image_key, extra])}"
         hit = self.cache.get(self.hash, key, self.prompts.version, self.model)
         if hit is not None:
             if self.client is not None:
@@ -190,7 +193,8 @@ class VideoJob:
         p = self.prompts
         user = p.text("segments", "user", frames_note=self._frames_note(), duration=self.duration)
         check = lambda a: repair_events(a["events"], self.duration, self.cfg.tolerance)  # noqa: E731
-        return self.ask("segments", p.text("segments", "system"), user, images="all", check=check)
+        system = p.text("segments", "system")
+        return self.ask("segments", system, user, "all", check, extra=self.cfg.tolerance)
 
     def descriptions(self, spans: list) -> list[str]:
         p = self.prompts
