@@ -323,12 +323,10 @@ def make_demo_data(out: str | Path, spec: DemoSpec = DemoSpec()) -> dict[str, st
     paths["stage2"].write_text(json.dumps(stage2, indent=1))
     paths["charades"].write_text("\n".join(charades) + "\n")
     paths["qvhighlights"].write_text("\n".join(json.dumps(r) for r in qvh) + "\n")
-    corpus += [
-        "system\nYou are a helpful assistant.",
-        "user\n",
-        "assistant\n",
-        "From 12.5 to 30.0 seconds, 0123456789",
-    ]
+    # The chat template's words wrap every record: weigh them so (the long
+    # reference prompts would otherwise take their merges).
+    chat = ["system\nYou are a helpful assistant.", "user\n", "assistant\n"]
+    corpus += chat * (len(stage1) + len(stage2)) + ["From 12.5 to 30.0 seconds, 0123456789"]
     write_tokenizer(paths["tokenizer"], corpus)
     (out / "README.txt").write_text(
         "Synthetic TEMPURA demo data (tempura_jax.data.demo). Videos: 320x180, 8 fps, h264.\n"
