@@ -113,8 +113,8 @@ def annotate(
     cache_dir: Path | None = None,
 ) -> dict:
     """Run (or, dry, estimate) the pipeline on `videos`; returns the summary.
-    Outputs go to `out`, or to its shard folder; nothing is written on a dry
-    run but the summary, and nothing at all when the server is down."""
+    Outputs go to `out`, or to its shard folder; a dry run writes nothing,
+    and a run that finds the server down raises ServerDown before writing."""
     cache = StageCache(cache_dir or out / "cache")
     tally = Tally()
     client = Client(client_cfg, tally, prompts.categories)
