@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tempura_jax.data.events import (
+    PROMPTS,
     Event,
     event_problems,
     format_events,
@@ -50,7 +51,10 @@ def test_problems():
 
 def test_masked_sample_and_frames():
     prompt, answer, window = masked_sample(EVENTS, 1)
-    assert "from 4.5 to 9.0 seconds is masked" in prompt
+    assert prompt.startswith("Given the input video with the masked segment from 4.5 to 9.0, \n")
+    assert "predicted event from 4.5 to 9.0 is: <predicted" in prompt
+    project = masked_sample(EVENTS, 1, prompt=PROMPTS["project"]["masked"])[0]
+    assert "from 4.5 to 9.0 seconds is masked" in project
     assert answer.startswith("<think>") and "</think><answer>So the description" in answer
     assert answer.endswith("from 4.5 to 9.0 is: It moves left.</answer>")
     assert window == [[5, 8]]  # frames at 5..8 s lie inside [4.5, 9.0)

@@ -9,7 +9,7 @@ import pytest
 from conftest import demo_data_config
 from flax import nnx
 
-from tempura_jax import overrides
+from tempura_jax import overrides, reference_prompts
 from tempura_jax.config import tiny
 from tempura_jax.data.config import DataConfig
 from tempura_jax.data.tokenizer import Tokenizer
@@ -59,8 +59,12 @@ def test_read_cases_resolves_videos_and_ids(tmp_path):
 
 
 def test_task_prompts_and_parsers():
-    assert "masked" in tasks.get("masked").text(mask=(3.1, 5.3))
-    assert "3.1 to 5.3 seconds" in tasks.get("masked").text(mask=(3.1, 5.3))
+    # The reference's wording by default (byte for byte), the project's as a variant.
+    mep = reference_prompts.MEP.replace("<start>", "3.1").replace("<end>", "5.3")
+    assert tasks.get("masked").text(mask=(3.1, 5.3)) == mep
+    assert tasks.get("dense").text() == reference_prompts.DVC
+    assert "3.1 to 5.3 seconds is masked" in tasks.get("masked_project").text(mask=(3.1, 5.3))
+    assert tasks.get("dense_project").text().startswith("Segment the video")
     assert '"a man sits"' in tasks.get("grounding").text("a man sits")
     parsed = tasks.get("masked").parse(
         "<think>x</think><answer>So the description of the predicted event from 3.1 to 5.3 "

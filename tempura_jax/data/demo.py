@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tempura_jax.config import ModelConfig, tiny
-from tempura_jax.data.events import DENSE_PROMPT, Event, format_events, masked_sample
+from tempura_jax.data.events import PROMPTS, Event, format_events, masked_sample
 from tempura_jax.data.video_io import write_video
 
 COLOURS = {
@@ -279,6 +279,7 @@ class DemoSpec:
     max_seconds: float = 40.0
     frame_folders: int = 2  # how many videos are also stored as VER 1-FPS frame folders
     seed: int = 0
+    prompts: str = "reference"  # a key of data.events.PROMPTS: the human turns' wording
 
 
 def make_demo_data(out: str | Path, spec: DemoSpec = DemoSpec()) -> dict[str, str]:
@@ -286,6 +287,7 @@ def make_demo_data(out: str | Path, spec: DemoSpec = DemoSpec()) -> dict[str, st
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(spec.seed)
+    dense_prompt, masked_prompt = PROMPTS[spec.prompts]["dense"], PROMPTS[spec.prompts]["masked"]
     stage1, stage2, charades, qvh, corpus = [], [], [], [], []
     for v in range(spec.num_videos):
         duration = round(float(rng.uniform(spec.min_seconds, spec.max_seconds)), 1)
@@ -298,10 +300,10 @@ def make_demo_data(out: str | Path, spec: DemoSpec = DemoSpec()) -> dict[str, st
         events = [Event(s.start, s.end, s.caption) for s in steps]
         media = f"frames/{name}" if v < spec.frame_folders else rel
         target = format_events(events)
-        stage2.append(_ver_record(name, media, DENSE_PROMPT, target))
-        corpus += [DENSE_PROMPT, target]
+        stage2.append(_ver_record(name, media, dense_prompt, target))
+        corpus += [dense_prompt, target]
         for k in range(1, len(events) - 1) or [0]:
-            prompt, answer, window = masked_sample(events, k)
+            prompt, answer, window = masked_sample(events, k, prompt=masked_prompt)
             extra = {"masked_start_end_frame_idxs": window}
             stage1.append(_ver_record(f"{name}_m{k}", media, prompt, answer, **extra))
             corpus += [prompt, answer]
@@ -321,12 +323,10 @@ def make_demo_data(out: str | Path, spec: DemoSpec = DemoSpec()) -> dict[str, st
     paths["stage2"].write_text(json.dumps(stage2, indent=1))
     paths["charades"].write_text("\n".join(charades) + "\n")
     paths["qvhighlights"].write_text("\n".join(json.dumps(r) for r in qvh) + "\n")
-    corpus += [
-        "system\nYou are a helpful assistant.",
-        "user\n",
-        "assistant\n",
-        "From 12.5 to 30.0 seconds, 0123456789",
-    ]
+    # The chat template's words wrap every record: weigh them so (the long
+    # reference prompts would otherwise take their merges).
+    chat = ["system\nYou are a helpful assistant.", "user\n", "assistant\n"]
+    corpus += chat * (len(stage1) + len(stage2)) + ["From 12.5 to 30.0 seconds, 0123456789"]
     write_tokenizer(paths["tokenizer"], corpus)
     (out / "README.txt").write_text(
         "Synthetic TEMPURA demo data (tempura_jax.data.demo). Videos: 320x180, 8 fps, h264.\n"

@@ -7,6 +7,8 @@ import dataclasses
 import math
 import re
 
+from tempura_jax import reference_prompts
+
 EVENT = re.compile(
     r"From\s+(\d+(?:\.\d+)?)\s+to\s+(\d+(?:\.\d+)?)\s+seconds?\s*[,:]\s*(.*?)\s*"
     r"(?=\n[ \t]*\n|(?:\n\s*)?From\s+\d+(?:\.\d+)?\s+to\s+\d|\Z)",
@@ -86,6 +88,25 @@ DENSE_PROMPT = (
 )
 
 
+def reference_template(prompt: str) -> str:
+    """A reference prompt as a `str.format` template: its `<start>`/`<end>`
+    placeholders become `{start:.1f}`/`{end:.1f}`, the precision of the
+    stage-1 answers (`masked_answer`); every other character is kept."""
+    escaped = prompt.replace("{", "{{").replace("}", "}}")
+    return escaped.replace("<start>", "{start:.1f}").replace("<end>", "{end:.1f}")
+
+
+# The reference's wording (`reference_prompts`, byte for byte): what the released
+# checkpoints were trained on, so the default of the demo data, VER annotation
+# and inference. PROMPTS["project"] is this project's earlier, shorter wording.
+REF_DENSE_PROMPT = reference_template(reference_prompts.DVC)
+REF_MASKED_PROMPT = reference_template(reference_prompts.MEP)
+PROMPTS = {
+    "reference": {"dense": REF_DENSE_PROMPT, "masked": REF_MASKED_PROMPT},
+    "project": {"dense": DENSE_PROMPT, "masked": MASKED_PROMPT},
+}
+
+
 def masked_answer(event: Event, reasoning: str) -> str:
     return (
         f"<think>{reasoning.strip()}</think><answer>So the description of the predicted event "
@@ -121,12 +142,19 @@ def mask_frame_range(event: Event, fps: float = 1.0) -> tuple[int, int]:
     return first, max(first, last)
 
 
-def masked_sample(events: list[Event], k: int, reasoning: str | None = None, fps: float = 1.0):
-    """(prompt, answer, [[first, last]]) masking event `k` of a dense annotation."""
+def masked_sample(
+    events: list[Event],
+    k: int,
+    reasoning: str | None = None,
+    fps: float = 1.0,
+    prompt: str = REF_MASKED_PROMPT,
+):
+    """(prompt, answer, [[first, last]]) masking event `k` of a dense annotation;
+    `prompt` is a template with `{start}`/`{end}` (see PROMPTS)."""
     if not 0 <= k < len(events):
         raise IndexError(f"event {k} of {len(events)}")
     e = events[k]
-    prompt = MASKED_PROMPT.format(start=e.start, end=e.end)
+    prompt = prompt.format(start=e.start, end=e.end)
     answer = masked_answer(e, reasoning if reasoning is not None else template_reasoning(events, k))
     return prompt, answer, [list(mask_frame_range(e, fps))]
 

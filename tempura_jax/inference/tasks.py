@@ -1,9 +1,11 @@
 """Built-in inference tasks: the prompt each one sends and how its answer is read.
 
-Dense captioning and masked-event prediction use the exact prompts the
-training data carries (`data.events`), so a TEMPURA checkpoint sees the
-wording it was trained on. Grounding and highlight detection ask for the
-answer formats the evaluation parsers read (`eval.parsing`).
+Dense captioning and masked-event prediction use the reference's own prompts
+(`data.events.PROMPTS["reference"]`, the wording of VER and of the demo
+data), so a TEMPURA checkpoint sees the wording it was trained on;
+`dense_project` / `masked_project` send this project's earlier wording.
+Grounding and highlight detection ask for the answer formats the evaluation
+parsers read (`eval.parsing`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from tempura_jax.data.events import DENSE_PROMPT, MASKED_PROMPT, parse_events
+from tempura_jax.data.events import PROMPTS, parse_events
 from tempura_jax.eval.parsing import parse_highlights, parse_windows
 from tempura_jax.reference_prompts import VHD_FT, VTG, VTG_FT
 
@@ -71,8 +73,10 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task("dense", DENSE_PROMPT, events_field),
-        Task("masked", MASKED_PROMPT, masked_field, needs_mask=True),
+        Task("dense", PROMPTS["reference"]["dense"], events_field),
+        Task("masked", PROMPTS["reference"]["masked"], masked_field, needs_mask=True),
+        Task("dense_project", PROMPTS["project"]["dense"], events_field),
+        Task("masked_project", PROMPTS["project"]["masked"], masked_field, needs_mask=True),
         Task("grounding", GROUNDING_PROMPT, windows_field, needs_query=True),
         Task("highlight", HIGHLIGHT_PROMPT, highlights_field, needs_query=True),
         Task("free", "{query}", events_field, needs_query=True),
