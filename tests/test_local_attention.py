@@ -207,3 +207,34 @@ def test_vision_tower_with_bounds_equals_without(monkeypatch):
 def _ids(cfg):
     n = int(GRIDS.prod(-1).sum()) // 4
     return np.array([[1, cfg.vision_start_token_id] + [cfg.image_token_id] * n + [2]])
+
+
+def test_run_bounds_cover_every_frame_the_processor_makes():
+    """The trainer's frame bound (pixel budget) holds for any accepted aspect
+    ratio; batches outside the step's bounds are refused on the host."""
+    from tempura_jax.data.processor import PixelConfig, max_frame_patches, smart_resize
+    from tempura_jax.model.vision_geometry import config_bounds
+    from tempura_jax.train.step import check_vision_bounds
+
+    for px in (PixelConfig(), PixelConfig(min_pixels=3136, max_pixels=200_000)):
+        bound = max_frame_patches(px)
+        sides = np.unique(np.geomspace(2, 4000, 90).astype(int))
+        seen = max(
+            (lambda hw: hw[0] * hw[1] // px.patch_size**2)(
+                smart_resize(h, w, px.factor, px.min_pixels, px.max_pixels)
+            )
+            for h in sides
+            for w in sides
+            if max(h, w) / min(h, w) <= 200
+        )
+        assert seen <= bound < 3 * seen
+    assert config_bounds(C.tiny().vision, 785) == (64, 896)
+    batch = {"window_segments": _geometry_ids("windows", 1000)}
+    batch["frame_segments"] = _geometry_ids("frames", 1000)
+    check_vision_bounds(batch, (64, 384))
+    check_vision_bounds(batch, (None, None))
+    with pytest.raises(ValueError, match="frame_segments: a run of 336, .* <= 256"):
+        check_vision_bounds(batch, (64, 256))
+    batch["window_segments"] = np.array([[0, 0, 1, 0]])
+    with pytest.raises(ValueError, match="window_segments: non-contiguous ids"):
+        check_vision_bounds(batch, (64, 384))

@@ -69,6 +69,19 @@ def smart_resize(
     return h, w
 
 
+def max_frame_patches(cfg: PixelConfig) -> int:
+    """An upper bound on the patches of one resized frame, for any frame
+    `smart_resize` accepts (aspect ratio <= 200): the area is at most
+    max_pixels, or factor x the long side when the short side is clamped to
+    one factor, or, when the frame is scaled up to min_pixels with both sides
+    rounded up, min + factor x (short + long side) + factor^2."""
+    f, r = cfg.factor, 200.0
+    clamped = f * math.sqrt(r * cfg.max_pixels)
+    lo = cfg.min_pixels
+    raised = lo + f * (math.sqrt(lo / r) + math.sqrt(lo * r)) + f * f
+    return int(max(cfg.max_pixels, clamped, raised) // cfg.patch_size**2)
+
+
 def target_size(height: int, width: int, cfg: PixelConfig) -> tuple[int, int]:
     return smart_resize(height, width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
 

@@ -34,10 +34,9 @@ def round_bound(n: int) -> int:
     return 64 if n <= 64 else -(-n // 128) * 128
 
 
-def segment_bound(segment_ids: np.ndarray) -> int | None:
-    """Rounded length of the longest non-negative segment of (.., N) ids, or
-    None when some id >= 0 is not one contiguous run in its row (or there are
-    no such ids): then only the dense path is exact."""
+def longest_segment(segment_ids: np.ndarray) -> int | None:
+    """Length of the longest run of a non-negative id in (.., N) ids (0: none),
+    or None when some id >= 0 is not one contiguous run in its row."""
     ids = np.asarray(segment_ids).reshape(-1, np.shape(segment_ids)[-1])
     longest = 0
     for row in ids:
@@ -49,6 +48,13 @@ def segment_bound(segment_ids: np.ndarray) -> int | None:
             return None  # an id in two runs
         if real.any():
             longest = max(longest, int(lengths[real].max()))
+    return longest
+
+
+def segment_bound(segment_ids: np.ndarray) -> int | None:
+    """The rounded bound for these ids, or None (non-contiguous ids, or none
+    >= 0): then only the dense path is exact."""
+    longest = longest_segment(segment_ids)
     return round_bound(longest) if longest else None
 
 

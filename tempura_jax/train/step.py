@@ -29,6 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tempura_jax.data.batching import model_inputs
+from tempura_jax.ops.block_local import longest_segment
 from tempura_jax.sharding import batch_spec, layout_rules, like_params, named, variable_specs
 from tempura_jax.train.loss import lm_loss_sum
 
@@ -65,6 +66,10 @@ class StepFns:
     opt_shardings: Any
     loss_chunk: int | None
     grad_shardings: State | None = None  # default: the parameters' layout
+    # Static (window, frame) segment-length bounds every batch is checked
+    # against on the host (`check_vision_bounds`): attention runs block-local
+    # within them. (None, None): dense vision attention.
+    vision_bounds: tuple[int | None, int | None] = (None, None)
 
     @classmethod
     def build(
@@ -75,6 +80,7 @@ class StepFns:
         mesh: Mesh,
         layout: str,
         loss_chunk: int | None,
+        vision_bounds: tuple[int | None, int | None] = (None, None),
     ) -> StepFns:
         """Shardings from the parameters' logical axes under a layout: the
         optimiser state follows the parameters it belongs to."""
@@ -85,7 +91,9 @@ class StepFns:
         grad_sh = named(variable_specs(train, mesh, opt_rules), mesh)
         opt_shapes = jax.eval_shape(tx.init, train)
         opt_specs = like_params(opt_shapes, train, variable_specs(train, mesh, opt_rules))
-        return cls(graphdef, tx, param_sh, named(opt_specs, mesh), loss_chunk, grad_sh)
+        return cls(
+            graphdef, tx, param_sh, named(opt_specs, mesh), loss_chunk, grad_sh, vision_bounds
+        )
 
     def __post_init__(self):
         grads = self.grad_shardings or self.param_shardings
@@ -107,7 +115,10 @@ class StepFns:
 
     def _loss(self, train: State, frozen: State, batch: dict) -> tuple[jax.Array, jax.Array]:
         model = nnx.merge(self.graphdef, train, frozen)
-        hidden = model.forward(model_inputs(batch))
+        inputs = model_inputs(batch)
+        window, frame = self.vision_bounds
+        vision = dataclasses.replace(inputs.vision, window_bound=window, frame_bound=frame)
+        hidden = model.forward(dataclasses.replace(inputs, vision=vision))
         # The head stays in its master dtype: the loss casts it per block.
         return lm_loss_sum(hidden, model.head_weight(), batch["labels"], self.loss_chunk)
 
@@ -159,6 +170,19 @@ class StepFns:
             "updated": update,
         }
         return train, opt_state, metrics
+
+
+def check_vision_bounds(batch: dict[str, Any], bounds: tuple[int | None, int | None]) -> None:
+    """A host batch must keep the bounds the step was built with: each window
+    and frame one contiguous run of at most its bound (what makes the
+    block-local vision attention exact)."""
+    for key, bound in zip(("window_segments", "frame_segments"), bounds, strict=True):
+        if bound is None:
+            continue
+        longest = longest_segment(batch[key])
+        if longest is None or longest > bound:
+            found = "non-contiguous ids" if longest is None else f"a run of {longest}"
+            raise ValueError(f"batch {key}: {found}, the step was built for runs <= {bound}")
 
 
 def _replicated(param_shardings: State) -> NamedSharding:

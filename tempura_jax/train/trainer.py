@@ -25,10 +25,12 @@ from tempura_jax import checkpoint, overrides
 from tempura_jax.config import ModelConfig, from_hf_json, to_hf_dict
 from tempura_jax.data.batching import repad
 from tempura_jax.data.pipeline import DataIterator, Dataset, Shard, load_dataset
+from tempura_jax.data.processor import max_frame_patches
 from tempura_jax.data.tokenizer import Tokenizer
 from tempura_jax.io.hf_checkpoint import HFCheckpoint
 from tempura_jax.loading import abstract_model, default_compute_dtype, load_pretrained
 from tempura_jax.model.inputs import is_right_padded
+from tempura_jax.model.vision_geometry import config_bounds
 from tempura_jax.sharding import (
     batch_shards,
     layout_rules,
@@ -42,7 +44,7 @@ from tempura_jax.train.config import TrainConfig
 from tempura_jax.train.flops import batch_flops, passes, peak_flops
 from tempura_jax.train.metrics import MetricsLog
 from tempura_jax.train.optim import GROUPS, schedules, trainable_filter, transform
-from tempura_jax.train.step import StepFns, batch_shardings
+from tempura_jax.train.step import StepFns, batch_shardings, check_vision_bounds
 
 
 def _in_cluster() -> bool:
@@ -270,8 +272,11 @@ class Trainer:
         graphdef, train, frozen = nnx.split(model, trainable_filter(cfg.optim), ...)
         if not jax.tree.leaves(train):
             raise ValueError("every parameter is frozen: nothing to train")
+        # Window and frame bounds from the config and the pixel budget: one
+        # static pair for the run, which every batch is checked against.
+        bounds = config_bounds(self.model_cfg.vision, max_frame_patches(self.data_cfg.pixels))
         self.fns = StepFns.build(
-            graphdef, train, self.tx, mesh, cfg.mesh.layout, cfg.model.loss_chunk or None
+            graphdef, train, self.tx, mesh, cfg.mesh.layout, cfg.model.loss_chunk or None, bounds
         )
         p_train, opt_sh = self.fns.param_shardings, self.fns.opt_shardings
         p_frozen = named(variable_specs(frozen, mesh, self.param_rules), mesh)
@@ -310,6 +315,7 @@ class Trainer:
         local = {k: v for k, v in local.items() if k != "sources"}
         if not is_right_padded(local["segment_ids"]):  # what `model_inputs` states
             raise ValueError("batch rows are not one sample followed by padding")
+        check_vision_bounds(local, self.fns.vision_bounds)
         flops = batch_flops(local, self.model_cfg, *self.passes)
         self.skipped = self.dataset.skips.skipped
         if jax.process_count() > 1:
