@@ -227,8 +227,9 @@ def test_run_bounds_cover_every_frame_the_processor_makes():
             for w in sides
             if max(h, w) / min(h, w) <= 200
         )
-        assert seen <= bound < 3 * seen
-    assert config_bounds(C.tiny().vision, 785) == (64, 896)
+        assert seen <= bound <= 1.05 * seen
+    assert max_frame_patches(PixelConfig()) == 592  # TEMPURA: 336 at 16:9
+    assert config_bounds(C.tiny().vision, 592) == (64, 640)
     batch = {"window_segments": _geometry_ids("windows", 1000)}
     batch["frame_segments"] = _geometry_ids("frames", 1000)
     check_vision_bounds(batch, (64, 384))
@@ -238,3 +239,36 @@ def test_run_bounds_cover_every_frame_the_processor_makes():
     batch["window_segments"] = np.array([[0, 0, 1, 0]])
     with pytest.raises(ValueError, match="window_segments: non-contiguous ids"):
         check_vision_bounds(batch, (64, 384))
+
+
+def test_splash_band_skips_blocks_and_lowers_for_tpu(monkeypatch):
+    """The band's block grid: 3 of 8 key blocks per query block at L = 64; the
+    banded kernel lowers natively for TPU (Mosaic), forward and backward."""
+    from jax import export
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask_info as mask_info,
+    )
+
+    from tempura_jax.ops.splash_tpu import _static_mask
+
+    def grid(band):
+        info, _ = mask_info.process_mask(
+            masks.MultiHeadMask([_static_mask(1024, False, band)]), (128, 128)
+        )
+        return np.asarray(info.data_next).shape[-1]
+
+    assert (grid(64), grid(None)) == (3, 8)
+    monkeypatch.setattr(attn, "platform", lambda: "tpu")
+    seg = jax.ShapeDtypeStruct((1, 1024), jnp.int32)
+    x = jax.ShapeDtypeStruct((1, 1024, 2, 80), jnp.bfloat16)
+
+    def loss(q, k, v, seg):
+        out = attn.attention(q, k, v, segment_ids=seg, impl="splash", segment_bound=64)
+        return out.astype(jnp.float32).sum()
+
+    check = export.DisabledSafetyCheck.custom_call("tpu_custom_call")
+    exported = export.export(
+        jax.jit(jax.grad(loss, argnums=(0, 1, 2))), platforms=["tpu"], disabled_checks=[check]
+    )(x, x, x, seg)
+    assert "tpu_custom_call" in exported.mlir_module()

@@ -70,16 +70,20 @@ def smart_resize(
 
 
 def max_frame_patches(cfg: PixelConfig) -> int:
-    """An upper bound on the patches of one resized frame, for any frame
-    `smart_resize` accepts (aspect ratio <= 200): the area is at most
-    max_pixels, or factor x the long side when the short side is clamped to
-    one factor, or, when the frame is scaled up to min_pixels with both sides
-    rounded up, min + factor x (short + long side) + factor^2."""
-    f, r = cfg.factor, 200.0
-    clamped = f * math.sqrt(r * cfg.max_pixels)
-    lo = cfg.min_pixels
-    raised = lo + f * (math.sqrt(lo / r) + math.sqrt(lo * r)) + f * f
-    return int(max(cfg.max_pixels, clamped, raised) // cfg.patch_size**2)
+    """The most patches `smart_resize` gives one frame of any accepted aspect
+    ratio (<= 200): the static frame bound of a training run's vision attention.
+    Rounded sides stay within max_pixels; a short side clamped to one factor
+    gives factor x the long side; a frame scaled up to min_pixels rounds both
+    sides up, and its area's supremum is taken per value of the short side's
+    ceiling k (short side in ((k - 1) f, k f], long side = min / short)."""
+    f, ratio, lo = cfg.factor, 200.0, cfg.min_pixels
+    clamped = f * math.floor(math.sqrt(ratio * cfg.max_pixels) / f) * f
+    best = max(cfg.max_pixels, clamped)
+    short_min = math.sqrt(lo / ratio)
+    for k in range(max(1, math.ceil(short_min / f)), math.ceil(math.sqrt(lo) / f) + 1):
+        long_sup = lo / max((k - 1) * f, short_min)  # at the short side's lower end
+        best = max(best, k * f * math.ceil(long_sup / f) * f)
+    return int(best // cfg.patch_size**2)
 
 
 def target_size(height: int, width: int, cfg: PixelConfig) -> tuple[int, int]:
