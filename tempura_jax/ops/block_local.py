@@ -58,6 +58,13 @@ def segment_bound(segment_ids: np.ndarray) -> int | None:
     return round_bound(longest) if longest else None
 
 
+def static_bound(segment_ids: np.ndarray) -> int | None:
+    """`segment_bound` where block-local attention pays at this length, else
+    None: a bound that changes nothing stays out of the compiled shape."""
+    bound = segment_bound(segment_ids)
+    return bound if worthwhile(bound, np.shape(segment_ids)[-1]) else None
+
+
 def block_size(bound: int) -> int:
     return 64 if bound <= 64 else 128
 
