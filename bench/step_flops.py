@@ -8,7 +8,8 @@ own image block) and 16 or 60 frames it compares, per vision attention mode:
 - `dense`: no segment bounds, N x N masked logits per sample (before #9);
 - `block_local_run`: the bounds a training run uses (`config_bounds`: windows
   from the config, frames from the pixel budget);
-- `block_local_batch`: the tightest bounds of this batch (`segment_bound`).
+- `block_local_batch`: the tightest bounds of this batch (`static_bound`:
+  TEMPURA's equal frames are aligned blocks, so frames cost their own square).
 
 `Lowered.cost_analysis()` counts every op of the lowered program once. XLA's
 cost analysis counts a loop body once too, so the step is lowered with the
@@ -45,7 +46,7 @@ from tempura_jax import config as C  # noqa: E402
 from tempura_jax.data.processor import PixelConfig, max_frame_patches  # noqa: E402
 from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL  # noqa: E402
 from tempura_jax.model.vision_geometry import config_bounds  # noqa: E402
-from tempura_jax.ops.block_local import segment_bound  # noqa: E402
+from tempura_jax.ops.block_local import describe, static_bound  # noqa: E402
 from tempura_jax.sharding import make_mesh  # noqa: E402
 from tempura_jax.train.flops import batch_flops  # noqa: E402
 from tempura_jax.train.optim import OptimConfig, transform  # noqa: E402
@@ -70,7 +71,7 @@ def bounds_for(mode: str, cfg: C.ModelConfig, batch_np: dict) -> tuple[int | Non
         return None, None
     if mode == "block_local_run":
         return config_bounds(cfg.vision, max_frame_patches(PixelConfig()))
-    return segment_bound(batch_np["window_segments"]), segment_bound(batch_np["frame_segments"])
+    return static_bound(batch_np["window_segments"]), static_bound(batch_np["frame_segments"])
 
 
 def step_program(cfg: C.ModelConfig, batch_np: dict, bounds, mesh, loss_chunk=None):
@@ -99,7 +100,7 @@ def measure(cfg, frames: int, batch: int, mode: str, compile_too: bool) -> dict:
     with jax.set_mesh(mesh):
         lowered = fn.lower(*args)
     out = {
-        "vision_bounds": {"window": bounds[0], "frame": bounds[1]},
+        "vision_bounds": {"window": describe(bounds[0]), "frame": describe(bounds[1])},
         "lower_s": round(time.perf_counter() - t0, 1),
         "xla_flops_lowered": flops(lowered.cost_analysis()),
     }

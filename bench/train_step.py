@@ -52,7 +52,7 @@ from tempura_jax.data.processor import PixelConfig, max_frame_patches  # noqa: E
 from tempura_jax.model.inputs import prepare_inputs  # noqa: E402
 from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL  # noqa: E402
 from tempura_jax.model.vision_geometry import config_bounds  # noqa: E402
-from tempura_jax.ops.block_local import segment_bound  # noqa: E402
+from tempura_jax.ops.block_local import describe, static_bound  # noqa: E402
 from tempura_jax.sharding import make_mesh, model_shardings  # noqa: E402
 from tempura_jax.train.config import ModelSetup  # noqa: E402
 from tempura_jax.train.flops import batch_flops, peak_flops  # noqa: E402
@@ -102,7 +102,7 @@ def vision_bounds(mode: str, cfg, batch_np) -> tuple[int | None, int | None]:
     if mode == "run":
         return config_bounds(cfg.vision, max_frame_patches(PixelConfig()))
     if mode == "batch":
-        return segment_bound(batch_np["window_segments"]), segment_bound(batch_np["frame_segments"])
+        return static_bound(batch_np["window_segments"]), static_bound(batch_np["frame_segments"])
     if mode == "none":
         return None, None
     raise ValueError(f"--vision-bounds: unknown {mode!r} (run, batch, none)")
@@ -136,7 +136,11 @@ def run_jax(cfg, batch_np, steps: int, warmup: int, bounds_mode: str = "run") ->
         "step_time": float(np.median(times)),
         "loss": loss,
         "attention": cfg.attention_impl,
-        "vision_bounds": {"mode": bounds_mode, "window": bounds[0], "frame": bounds[1]},
+        "vision_bounds": {
+            "mode": bounds_mode,
+            "window": describe(bounds[0]),
+            "frame": describe(bounds[1]),
+        },
         "loss_impl": f"chunked logits ({chunk} positions per row per block)",
     }
 

@@ -80,14 +80,24 @@ def _local(bound, causal=False):
     return run
 
 
+def _equal_frames(n: int, frame: int) -> np.ndarray:
+    """TEMPURA's per-frame layout: equal frames back to back, then padding."""
+    ids = np.repeat(np.arange(n // frame), frame)
+    return np.r_[ids, np.full(n - ids.size, -1)][None].astype(np.int32)
+
+
 @pytest.mark.parametrize(
     ("kind", "n"),
-    [("windows", 1000), ("frames", 1000), ("runs", 901), ("runs", 999)],
+    [("windows", 1000), ("frames", 1000), ("runs", 901), ("runs", 999), ("aligned", 999)],
 )
 def test_block_local_equals_dense(kind, n):
-    seg = _runs(n, 100, n) if kind == "runs" else _geometry_ids(kind, n)
-    bound = segment_bound(seg)
-    assert bound == {"windows": 64, "frames": 384, "runs": 128}[kind]
+    if kind == "aligned":
+        seg = _equal_frames(n, 100)
+    else:
+        seg = _runs(n, 100, n) if kind == "runs" else _geometry_ids(kind, n)
+    bound = block_local.static_bound(seg)
+    want = {"windows": 64, "frames": 384, "runs": 128, "aligned": block_local.Aligned(100)}
+    assert bound == want[kind]
     assert block_local.worthwhile(bound, n)  # the block-local path is the one tested
     _check(_local(bound), _dense(), seg)
 
@@ -106,6 +116,11 @@ def test_segment_bound_host_check():
     assert segment_bound(np.array([[0, 0, 1, 1, 0]])) is None  # id 0 in two runs
     assert segment_bound(np.array([[0, 1], [1, 1]])) == 64  # rows are separate
     assert segment_bound(np.full((2, 9), -1)) is None  # padding only
+    frames = np.repeat(np.arange(3), 300)[None]
+    assert block_local.aligned_bound(frames) == block_local.Aligned(300)
+    assert block_local.aligned_bound(np.r_[frames[0], 0][None]) is None  # non-contiguous
+    assert block_local.aligned_bound(np.repeat([0, 1, 2], [300, 200, 300])[None]) is None
+    assert block_local.span(block_local.Aligned(300)) == 300
     assert [block_local.round_bound(x) for x in (1, 64, 65, 128, 129, 336)] == [
         64,
         64,
@@ -148,20 +163,22 @@ def test_dispatch_runs_block_local_only_when_it_pays(monkeypatch):
     assert calls == [64, 64]  # span 192 >= 150: dense
 
 
-@pytest.mark.parametrize(("kind", "causal"), [("windows", False), ("runs", True)])
+@pytest.mark.parametrize(
+    ("kind", "causal"), [("windows", False), ("runs", True), ("aligned", False)]
+)
 def test_splash_band_mask_equals_dense(kind, causal):
     """Splash (interpret mode, 128-blocks) with the band mask from the same bound."""
-    from tempura_jax.ops.splash_tpu import SplashConfig, splash_attention
 
     n = 1000 if kind == "windows" else 400
-    seg = _runs(n, 50, 3) if kind == "runs" else _geometry_ids(kind, n)
-    bound = segment_bound(seg)
-    cfg = SplashConfig(block=128, interpret=True)
+    if kind == "aligned":
+        seg = _equal_frames(n, 90)
+    else:
+        seg = _runs(n, 50, 3) if kind == "runs" else _geometry_ids(kind, n)
+    bound = block_local.static_bound(seg)
+    assert isinstance(bound, block_local.Aligned) == (kind == "aligned")
 
     def splash(q, k, v, seg):
-        return splash_attention(
-            q, k, v, seg, causal=causal, scale=0.25, config=cfg, band=bound
-        )  # fmt: skip
+        return attn._splash(q, k, v, seg, causal=causal, scale=0.25, interpret=True, band=bound)
 
     _check(splash, _dense(causal), seg)
 
@@ -239,6 +256,10 @@ def test_run_bounds_cover_every_frame_the_processor_makes():
     batch["window_segments"] = np.array([[0, 0, 1, 0]])
     with pytest.raises(ValueError, match="window_segments: non-contiguous ids"):
         check_vision_bounds(batch, (64, 384))
+    batch = {"window_segments": batch["frame_segments"], "frame_segments": _equal_frames(999, 100)}
+    check_vision_bounds(batch, (None, block_local.Aligned(100)))
+    with pytest.raises(ValueError, match="a run across a block of 128"):
+        check_vision_bounds(batch, (None, block_local.Aligned(128)))
 
 
 def test_splash_band_skips_blocks_and_lowers_for_tpu(monkeypatch):

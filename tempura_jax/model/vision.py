@@ -25,6 +25,7 @@ from tempura_jax.model.layers import (
     maybe_remat,
 )
 from tempura_jax.ops.attention import attention
+from tempura_jax.ops.block_local import Bound
 
 
 def _static(default=None):
@@ -45,8 +46,8 @@ class VisionInputs:
     # Static, checked on the host (`block_local.segment_bound`): every window /
     # frame is one contiguous run of at most this many patches, so attention
     # may skip pairs farther apart (None: dense). Part of the compiled shape.
-    window_bound: int | None = _static()
-    frame_bound: int | None = _static()
+    window_bound: Bound | None = _static()
+    frame_bound: Bound | None = _static()
 
 
 class VisionAttention(nnx.Module):
@@ -65,7 +66,7 @@ class VisionAttention(nnx.Module):
         )
         self.impl = cfg.attention_impl
 
-    def __call__(self, x, cos, sin, segments, bound: int | None = None):
+    def __call__(self, x, cos, sin, segments, bound: Bound | None = None):
         q, k, v = jnp.moveaxis(self.qkv(x), -3, 0)  # each (B, N, H, hd)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = attention(q, k, v, segment_ids=segments, impl=self.impl, segment_bound=bound)

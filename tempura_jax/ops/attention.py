@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from tempura_jax.ops import cudnn
-from tempura_jax.ops.block_local import block_local_attention, worthwhile
+from tempura_jax.ops.block_local import Bound, block_local_attention, length, worthwhile
 from tempura_jax.ops.local import run_local
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def attention(
     right_padded: bool = False,
     kv_segment_ids: jax.Array | None = None,
     q_offset: jax.Array | None = None,
-    segment_bound: int | None = None,
+    segment_bound: Bound | None = None,
 ) -> jax.Array:
     """q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D) with Hq a multiple of Hkv (GQA);
     segment_ids: (B, Sq) int. `right_padded` promises each row is one segment
@@ -146,7 +146,8 @@ def attention(
     `segment_bound` (static) promises every segment with an id >= 0 is one
     contiguous run of at most that many positions (`block_local.segment_bound`
     checks it on the host); `xla` then runs block-local and `splash` a band
-    mask, both exact. Padding (ids < 0) is not bounded: its rows are unused."""
+    mask, both exact (`block_local.Aligned(L)`: each segment inside one aligned
+    block of L). Padding (ids < 0) is not bounded: its rows are unused."""
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"query heads {q.shape[2]} not a multiple of kv heads {k.shape[2]}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -244,6 +245,7 @@ def _splash(q, k, v, seg, *, causal, scale, interpret, band=None):
     from tempura_jax.ops.splash_tpu import SplashConfig, splash_attention
 
     cfg = SplashConfig(block=128 if interpret else 512, interpret=interpret)
+    band = None if band is None else length(band)
     return splash_attention(q, k, v, seg, causal=causal, scale=scale, config=cfg, band=band)
 
 

@@ -10,13 +10,21 @@ the result equals the dense one up to the order of the softmax sums. Forward
 and backward are plain JAX (autodiff), so XLA fuses and partitions them like
 the dense reference, and its cost analysis counts every block (no loops).
 
-The bound is a host-side promise, computed with `segment_bound` from concrete
-ids (`None` when some id is not one contiguous run). Negative ids are padding:
+When every segment also lies inside one aligned block of L positions (the
+frames of a sample in TEMPURA's per-frame mode: equal frames back to back), an
+`Aligned(L)` bound makes the block the segment's own: blocks of L see only
+themselves (r = 0), the exact per-segment cost.
+
+The bound is a host-side promise, computed with `segment_bound` (or
+`static_bound`, which also tries the aligned layout) from concrete ids (`None`
+when some id is not one contiguous run). Negative ids are padding:
 they are not bounded, and a padding row longer than the bound sees only the
 padding keys near it (its output differs from the dense one; nothing reads it).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +32,25 @@ import numpy as np
 
 # Block-padding positions get this id: real ids (padding included) never equal it.
 _OUTSIDE = np.iinfo(np.int32).min
+
+
+@dataclasses.dataclass(frozen=True)
+class Aligned:
+    """A static bound whose segments each lie in one block [k L, (k + 1) L)."""
+
+    length: int
+
+
+Bound = int | Aligned  # an int: runs of at most that many positions, anywhere
+
+
+def length(bound: Bound) -> int:
+    return bound.length if isinstance(bound, Aligned) else bound
+
+
+def describe(bound: Bound | None) -> int | str | None:
+    """JSON-friendly: the int, "aligned L", or None."""
+    return f"aligned {bound.length}" if isinstance(bound, Aligned) else bound
 
 
 def round_bound(n: int) -> int:
@@ -58,28 +85,65 @@ def segment_bound(segment_ids: np.ndarray) -> int | None:
     return round_bound(longest) if longest else None
 
 
-def static_bound(segment_ids: np.ndarray) -> int | None:
-    """`segment_bound` where block-local attention pays at this length, else
-    None: a bound that changes nothing stays out of the compiled shape."""
-    bound = segment_bound(segment_ids)
-    return bound if worthwhile(bound, np.shape(segment_ids)[-1]) else None
+def _inside_blocks(segment_ids: np.ndarray, block: int) -> bool:
+    """Whether no run of an id >= 0 crosses a multiple of `block`."""
+    ids = np.asarray(segment_ids).reshape(-1, np.shape(segment_ids)[-1])
+    pos = np.arange(ids.shape[1]) // block
+    same = (ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] >= 0)
+    return not (same & (pos[1:] != pos[:-1])[None]).any()
 
 
-def block_size(bound: int) -> int:
-    return 64 if bound <= 64 else 128
+def aligned_bound(segment_ids: np.ndarray) -> Aligned | None:
+    """Aligned(L) when every run of an id >= 0 lies in one block [k L, (k+1) L)
+    with L its longest run (equal segments back to back), else None."""
+    longest = longest_segment(segment_ids)
+    if not longest or not _inside_blocks(segment_ids, longest):
+        return None
+    return Aligned(longest)
 
 
-def span(bound: int) -> int:
+def violation(segment_ids: np.ndarray, bound: Bound) -> str | None:
+    """Why these ids break the promise of `bound` (None: they keep it)."""
+    longest = longest_segment(segment_ids)
+    if longest is None:
+        return "non-contiguous ids"
+    if longest > length(bound):
+        return f"a run of {longest}"
+    if isinstance(bound, Aligned) and not _inside_blocks(segment_ids, bound.length):
+        return f"a run across a block of {bound.length}"
+    return None
+
+
+def static_bound(segment_ids: np.ndarray) -> Bound | None:
+    """The cheapest exact bound for these ids where block-local attention pays
+    at this length (aligned blocks, else a rounded band), else None: a bound
+    that changes nothing stays out of the compiled shape."""
+    n = np.shape(segment_ids)[-1]
+    for bound in (aligned_bound(segment_ids), segment_bound(segment_ids)):
+        if worthwhile(bound, n):
+            return bound
+    return None
+
+
+def layout(bound: Bound) -> tuple[int, int]:
+    """(query block, key blocks on each side)."""
+    if isinstance(bound, Aligned):
+        return bound.length, 0
+    blk = 64 if bound <= 64 else 128
+    return blk, -(-(bound - 1) // blk)
+
+
+def span(bound: Bound) -> int:
     """Keys each query block visits."""
-    blk = block_size(bound)
-    return (2 * -(-(bound - 1) // blk) + 1) * blk
+    blk, r = layout(bound)
+    return (2 * r + 1) * blk
 
 
-def worthwhile(bound: int | None, seq: int) -> bool:
+def worthwhile(bound: Bound | None, seq: int) -> bool:
     """Block-local pays when the span is shorter than the (block-padded) sequence."""
     if bound is None:
         return False
-    blk = block_size(bound)
+    blk, _ = layout(bound)
     return span(bound) < -(-seq // blk) * blk
 
 
@@ -98,16 +162,16 @@ def block_local_attention(
     v: jax.Array,
     segment_ids: jax.Array,
     *,
-    bound: int,
+    bound: Bound,
     causal: bool,
     scale: float,
 ) -> jax.Array:
     """q (B, N, Hq, D), k/v (B, N, Hkv, D), segment_ids (B, N) -> (B, N, Hq, D).
-    Exact when every non-negative id is one run of at most `bound` positions."""
+    Exact when every non-negative id is one run of at most `bound` positions
+    (and, for `Aligned`, inside one aligned block)."""
     b, n, hq, d = q.shape
     hkv = k.shape[2]
-    blk = block_size(bound)
-    r = -(-(bound - 1) // blk)
+    blk, r = layout(bound)
     nb = -(-n // blk)
     extra = nb * blk - n
 

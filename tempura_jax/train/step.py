@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tempura_jax.data.batching import model_inputs
-from tempura_jax.ops.block_local import longest_segment
+from tempura_jax.ops.block_local import Bound, violation
 from tempura_jax.sharding import batch_spec, layout_rules, like_params, named, variable_specs
 from tempura_jax.train.loss import lm_loss_sum
 
@@ -69,7 +69,7 @@ class StepFns:
     # Static (window, frame) segment-length bounds every batch is checked
     # against on the host (`check_vision_bounds`): attention runs block-local
     # within them. (None, None): dense vision attention.
-    vision_bounds: tuple[int | None, int | None] = (None, None)
+    vision_bounds: tuple[Bound | None, Bound | None] = (None, None)
 
     @classmethod
     def build(
@@ -80,7 +80,7 @@ class StepFns:
         mesh: Mesh,
         layout: str,
         loss_chunk: int | None,
-        vision_bounds: tuple[int | None, int | None] = (None, None),
+        vision_bounds: tuple[Bound | None, Bound | None] = (None, None),
     ) -> StepFns:
         """Shardings from the parameters' logical axes under a layout: the
         optimiser state follows the parameters it belongs to."""
@@ -172,16 +172,12 @@ class StepFns:
         return train, opt_state, metrics
 
 
-def check_vision_bounds(batch: dict[str, Any], bounds: tuple[int | None, int | None]) -> None:
+def check_vision_bounds(batch: dict[str, Any], bounds: tuple[Bound | None, Bound | None]) -> None:
     """A host batch must keep the bounds the step was built with: each window
     and frame one contiguous run of at most its bound (what makes the
     block-local vision attention exact)."""
     for key, bound in zip(("window_segments", "frame_segments"), bounds, strict=True):
-        if bound is None:
-            continue
-        longest = longest_segment(batch[key])
-        if longest is None or longest > bound:
-            found = "non-contiguous ids" if longest is None else f"a run of {longest}"
+        if bound is not None and (found := violation(batch[key], bound)):
             raise ValueError(f"batch {key}: {found}, the step was built for runs <= {bound}")
 
 
