@@ -319,6 +319,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for side in sides:
             r = summary(side, run_child(side, argv, args.timeout))
+            r["load_avg_1m_after"] = os.getloadavg()[0]  # a shared machine's load
             print(f"{side}: {json.dumps(r)}", flush=True)
             if "step_time" in r and "error" not in r:
                 times[side].append(r["step_time"])
