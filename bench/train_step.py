@@ -10,6 +10,13 @@ FLOPs from `tempura_jax.train.flops`, the same count for both sides).
 
     python bench/train_step.py                      # GPU: 3B shapes, attention auto vs xla
     python bench/train_step.py --size tiny --frames 4 --steps 2   # CPU check
+    python bench/train_step.py --size tiny --frames 8 --vision-bounds run,none --rounds 3
+
+`--vision-bounds` sets the vision attention's segment bounds per JAX side:
+`run` (the trainer's: windows from the config, frames from the pixel budget),
+`batch` (this batch's tightest), `none` (dense N x N per sample, as before #9).
+`--rounds` repeats every side round-robin (a shared machine's load drifts)
+and reports the median of the rounds.
 
 Each side (torch, then JAX per attention implementation) runs in its own
 process with the whole device; the results file is rewritten after each, and
@@ -41,8 +48,11 @@ from flax import nnx  # noqa: E402
 from tempura_jax import config as C  # noqa: E402
 from tempura_jax.data.batching import VISION_KEYS  # noqa: E402
 from tempura_jax.data.chat import IGNORE  # noqa: E402
+from tempura_jax.data.processor import PixelConfig, max_frame_patches  # noqa: E402
 from tempura_jax.model.inputs import prepare_inputs  # noqa: E402
 from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL  # noqa: E402
+from tempura_jax.model.vision_geometry import config_bounds  # noqa: E402
+from tempura_jax.ops.block_local import describe, static_bound  # noqa: E402
 from tempura_jax.sharding import make_mesh, model_shardings  # noqa: E402
 from tempura_jax.train.config import ModelSetup  # noqa: E402
 from tempura_jax.train.flops import batch_flops, peak_flops  # noqa: E402
@@ -88,7 +98,17 @@ def jax_batch(cfg, ids, labels, pixels, grid, batch: int) -> dict[str, np.ndarra
     return out
 
 
-def run_jax(cfg, batch_np, steps: int, warmup: int) -> dict:
+def vision_bounds(mode: str, cfg, batch_np) -> tuple[int | None, int | None]:
+    if mode == "run":
+        return config_bounds(cfg.vision, max_frame_patches(PixelConfig()))
+    if mode == "batch":
+        return static_bound(batch_np["window_segments"]), static_bound(batch_np["frame_segments"])
+    if mode == "none":
+        return None, None
+    raise ValueError(f"--vision-bounds: unknown {mode!r} (run, batch, none)")
+
+
+def run_jax(cfg, batch_np, steps: int, warmup: int, bounds_mode: str = "run") -> dict:
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     abstract = nnx.eval_shape(lambda: Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
@@ -99,7 +119,8 @@ def run_jax(cfg, batch_np, steps: int, warmup: int) -> dict:
     tx = transform(OptimConfig(warmup_ratio=0.0), 1000)
     empty = nnx.State({})
     chunk = ModelSetup().loss_chunk  # the trainer's default
-    fns = StepFns.build(graphdef, state, tx, mesh, "fsdp", chunk)
+    bounds = vision_bounds(bounds_mode, cfg, batch_np)
+    fns = StepFns.build(graphdef, state, tx, mesh, "fsdp", chunk, vision_bounds=bounds)
     opt = fns.init_opt(state)
     sh = batch_shardings(batch_np, mesh)
     batch = {k: jax.device_put(v, sh[k]) for k, v in batch_np.items()}
@@ -115,6 +136,11 @@ def run_jax(cfg, batch_np, steps: int, warmup: int) -> dict:
         "step_time": float(np.median(times)),
         "loss": loss,
         "attention": cfg.attention_impl,
+        "vision_bounds": {
+            "mode": bounds_mode,
+            "window": describe(bounds[0]),
+            "frame": describe(bounds[1]),
+        },
         "loss_impl": f"chunked logits ({chunk} positions per row per block)",
     }
 
@@ -175,10 +201,11 @@ def run_torch(cfg, ids, labels, pixels, grid, batch: int, steps: int, warmup: in
 def child(args) -> dict:
     """One side in this (fresh) process: `torch` or `jax:<attention_impl>`."""
     cfg, ids, labels, pixels, grid, batch_np, dtype = setup(args)
-    side, _, impl = args.child.partition(":")
+    side, _, rest = args.child.partition(":")
     if side == "torch":
         return run_torch(cfg, ids, labels, pixels, grid, args.batch, args.steps, args.warmup, dtype)
-    return run_jax(cfg.replace(attention_impl=impl), batch_np, args.steps, args.warmup)
+    impl, _, bounds = rest.partition(":")
+    return run_jax(cfg.replace(attention_impl=impl), batch_np, args.steps, args.warmup, bounds)
 
 
 def setup(args):
@@ -227,6 +254,10 @@ def main() -> None:
         default=None,
         help="comma list of attention_impl values to time (default: auto,xla; cpu: xla)",
     )
+    p.add_argument(
+        "--vision-bounds", default="run", help="comma list of run, batch, none (see above)"
+    )
+    p.add_argument("--rounds", type=int, default=1, help="round-robin repeats of every side")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per side")
     p.add_argument("--out", default=None, help="JSON results (default bench/results/...)")
@@ -259,8 +290,10 @@ def main() -> None:
         return {**r, "tokens_per_s": tokens / t, "mfu": flops / (t * peak) if peak else None}
 
     impls = (args.attention or ("xla" if on_cpu else "auto,xla")).split(",")
-    sides = ([] if args.no_torch else ["torch"]) + [f"jax:{impl}" for impl in impls]
-    results: dict = {"jax_by_attention": {}}
+    modes = args.vision_bounds.split(",")
+    jax_sides = [f"jax:{impl}:{mode}" for mode in modes for impl in impls]
+    sides = ([] if args.no_torch else ["torch"]) + jax_sides
+    results: dict = {"jax_by_attention": {}, "jax_by_vision_bounds": {m: {} for m in modes}}
     record = {
         "what": "one training step (forward, backward, AdamW), batch per device, one device",
         "device": kind,
@@ -278,21 +311,34 @@ def main() -> None:
         "steps_timed": args.steps,
         "warmup_steps": args.warmup,
         "timing": "median step wall time after warm-up (compilation excluded); "
-        "each side in its own process",
+        "each side in its own process; with rounds, the median over the rounds",
+        "rounds": args.rounds,
         "results": results,
     }
-    for side in sides:
-        r = summary(side, run_child(side, argv, args.timeout))
-        print(f"{side}: {json.dumps(r)}", flush=True)
-        if side == "torch":
-            results["torch"] = r
-        else:
-            results["jax_by_attention"][side.split(":", 1)[1]] = r
-        results["jax"] = results["jax_by_attention"].get(impls[0], {"error": "not run"})
-        ok = [results.get("torch", {}), results["jax"]]
-        if all("step_time" in x and "error" not in x for x in ok):
-            results["speedup"] = ok[0]["step_time"] / ok[1]["step_time"]
-        out.write_text(json.dumps(record, indent=2))  # after every side: partial runs keep
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    for _ in range(args.rounds):
+        for side in sides:
+            r = summary(side, run_child(side, argv, args.timeout))
+            r["load_avg_1m_after"] = os.getloadavg()[0]  # a shared machine's load
+            print(f"{side}: {json.dumps(r)}", flush=True)
+            if "step_time" in r and "error" not in r:
+                times[side].append(r["step_time"])
+                r = summary(side, {**r, "step_time": float(np.median(times[side]))})
+                r["step_times_by_round"] = times[side]
+            if side == "torch":
+                results["torch"] = r
+            else:
+                _, impl, mode = side.split(":")
+                results["jax_by_vision_bounds"][mode][impl] = r
+                if mode == modes[0]:
+                    results["jax_by_attention"][impl] = r
+            results["jax"] = results["jax_by_attention"].get(impls[0], {"error": "not run"})
+            ok = [results.get("torch", {}), results["jax"]]
+            if all("step_time" in x and "error" not in x for x in ok):
+                results["speedup"] = ok[0]["step_time"] / ok[1]["step_time"]
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=2))  # after every side: partial runs keep
+            tmp.replace(out)
     print(json.dumps(record, indent=2))
     # The reference attention running out of memory is a result; the main sides failing is not.
     failed = [k for k in ("torch", "jax") if "error" in results.get(k, {})]

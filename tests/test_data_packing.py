@@ -113,7 +113,7 @@ def test_packed_loss_and_gradients_equal_unpacked(demo_data, mode):
     out = {}
     with jax.set_mesh(mesh):
         for name, batch, rp in (("flat", flat, True), ("packed", packed, False)):
-            fns = StepFns.build(graphdef, train, optax.sgd(1.0), mesh, "fsdp", 64, rp)
+            fns = StepFns.build(graphdef, train, optax.sgd(1.0), mesh, "fsdp", 64, right_padded=rp)
             out[name] = jax.device_get(fns.accumulate(train, frozen, fns.zeros(train), batch))
     a, p = out["flat"], out["packed"]
     assert int(a.count) == int(p.count) > 0 and int(a.tokens) == int(p.tokens)

@@ -69,6 +69,23 @@ def smart_resize(
     return h, w
 
 
+def max_frame_patches(cfg: PixelConfig) -> int:
+    """The most patches `smart_resize` gives one frame of any accepted aspect
+    ratio (<= 200): the static frame bound of a training run's vision attention.
+    Rounded sides stay within max_pixels; a short side clamped to one factor
+    gives factor x the long side; a frame scaled up to min_pixels rounds both
+    sides up, and its area's supremum is taken per value of the short side's
+    ceiling k (short side in ((k - 1) f, k f], long side = min / short)."""
+    f, ratio, lo = cfg.factor, 200.0, cfg.min_pixels
+    clamped = f * math.floor(math.sqrt(ratio * cfg.max_pixels) / f) * f
+    best = max(cfg.max_pixels, clamped)
+    short_min = math.sqrt(lo / ratio)
+    for k in range(max(1, math.ceil(short_min / f)), math.ceil(math.sqrt(lo) / f) + 1):
+        long_sup = lo / max((k - 1) * f, short_min)  # at the short side's lower end
+        best = max(best, k * f * math.ceil(long_sup / f) * f)
+    return int(best // cfg.patch_size**2)
+
+
 def target_size(height: int, width: int, cfg: PixelConfig) -> tuple[int, int]:
     return smart_resize(height, width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
 

@@ -17,6 +17,7 @@ import numpy as np
 from tempura_jax.config import ModelConfig
 from tempura_jax.model.vision import VisionInputs
 from tempura_jax.model.vision_geometry import num_merged_tokens, vision_geometry
+from tempura_jax.ops.block_local import static_bound
 from tempura_jax.positions import rope_index
 
 
@@ -143,6 +144,8 @@ def prepare_inputs(
             window_segments=geom.window_segments,
             frame_segments=geom.frame_segments,
             rotary_pos=geom.rotary_pos,
+            window_bound=static_bound(geom.window_segments),
+            frame_bound=static_bound(geom.frame_segments),
         )
     return ModelInputs(
         input_ids=ids,

@@ -123,5 +123,6 @@ class Qwen2_5_VL(nnx.Module):
 
 @nnx.jit
 def forward_logits(model: Qwen2_5_VL, inputs: ModelInputs) -> jax.Array:
-    """Jitted once per input shape; grid values live in the arrays, not the trace."""
+    """Jitted once per input shape and rounded vision segment bounds; grid values
+    live in the arrays, not the trace."""
     return model.logits(model.forward(inputs))

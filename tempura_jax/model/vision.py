@@ -25,6 +25,11 @@ from tempura_jax.model.layers import (
     maybe_remat,
 )
 from tempura_jax.ops.attention import attention
+from tempura_jax.ops.block_local import Bound
+
+
+def _static(default=None):
+    return dataclasses.field(default=default, metadata=dict(static=True))
 
 
 @jax.tree_util.register_dataclass
@@ -38,6 +43,11 @@ class VisionInputs:
     window_segments: jax.Array  # (N,)
     frame_segments: jax.Array  # (N,)
     rotary_pos: jax.Array  # (N, 2)
+    # Static, checked on the host (`block_local.segment_bound`): every window /
+    # frame is one contiguous run of at most this many patches, so attention
+    # may skip pairs farther apart (None: dense). Part of the compiled shape.
+    window_bound: Bound | None = _static()
+    frame_bound: Bound | None = _static()
 
 
 class VisionAttention(nnx.Module):
@@ -56,10 +66,11 @@ class VisionAttention(nnx.Module):
         )
         self.impl = cfg.attention_impl
 
-    def __call__(self, x, cos, sin, segments):
+    def __call__(self, x, cos, sin, segments, bound: Bound | None = None):
         q, k, v = jnp.moveaxis(self.qkv(x), -3, 0)  # each (B, N, H, hd)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        return self.proj(attention(q, k, v, segment_ids=segments, impl=self.impl))
+        out = attention(q, k, v, segment_ids=segments, impl=self.impl, segment_bound=bound)
+        return self.proj(out)
 
 
 class VisionBlock(nnx.Module):
@@ -79,9 +90,10 @@ class VisionBlock(nnx.Module):
             **kw,
         )
 
-    def __call__(self, x, cos, sin, window_segments, frame_segments):
+    def __call__(self, x, cos, sin, window_segments, frame_segments, bounds=(None, None)):
         segments = frame_segments if self.full_attention else window_segments
-        x = x + self.attn(self.norm1(x), cos, sin, segments)
+        bound = bounds[1] if self.full_attention else bounds[0]
+        x = x + self.attn(self.norm1(x), cos, sin, segments, bound)
         return x + self.mlp(self.norm2(x))
 
 
@@ -141,9 +153,17 @@ class VisionTower(nnx.Module):
         x = x.reshape(b, n // unit, unit, d)
         x = jnp.take_along_axis(x, inputs.window_index[:, :, None, None], axis=1).reshape(b, n, d)
         cos, sin = self.rotary(inputs.rotary_pos)
+        bounds = (inputs.window_bound, inputs.frame_bound)
         for block in self.blocks:
             x = maybe_remat(
-                block, self.remat, x, cos, sin, inputs.window_segments, inputs.frame_segments
+                block,
+                self.remat,
+                x,
+                cos,
+                sin,
+                inputs.window_segments,
+                inputs.frame_segments,
+                bounds=bounds,
             )
         out = jnp.take_along_axis(self.merger(x), inputs.reverse_index[:, :, None], axis=1)
         return out[0] if flat else out

@@ -21,6 +21,7 @@ import dataclasses
 import numpy as np
 
 from tempura_jax.config import VisionConfig
+from tempura_jax.ops.block_local import round_bound
 
 PAD_SEGMENT = -1
 
@@ -105,3 +106,11 @@ def num_merged_tokens(grid_thw: np.ndarray, cfg: VisionConfig) -> np.ndarray:
     """LLM tokens per grid row: t * h * w / merge^2."""
     grid = grid_array(grid_thw, cfg.spatial_merge_size)
     return grid.prod(-1) // cfg.merge_unit
+
+
+def config_bounds(cfg: VisionConfig, max_frame_patches: int | None) -> tuple[int, int | None]:
+    """Static (window, frame) segment bounds for a whole run: a window holds
+    at most window_merged^2 merged tokens (edge windows fewer); a frame or
+    temporal slice at most `max_frame_patches` (from the pixel budget)."""
+    window = round_bound(cfg.window_merged**2 * cfg.merge_unit)
+    return window, None if max_frame_patches is None else round_bound(max_frame_patches)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from tempura_jax.ops import cudnn
+from tempura_jax.ops.block_local import Bound, block_local_attention, length, worthwhile
 from tempura_jax.ops.local import run_local
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Backend:
     platforms: tuple[str, ...]  # native platforms
     interpretable: bool  # Pallas: runs (slowly, exactly) in interpret mode on CPU
     per_device: bool  # opaque to the partitioner: wrap in shard_map under a mesh
+    banded: bool = False  # run takes `band=`: a segment-length bound it may skip by
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -136,6 +138,7 @@ def attention(
     right_padded: bool = False,
     kv_segment_ids: jax.Array | None = None,
     q_offset: jax.Array | None = None,
+    segment_bound: Bound | None = None,
 ) -> jax.Array:
     """q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D) with Hq a multiple of Hkv (GQA);
     segment_ids: (B, Sq) int. `right_padded` promises each row is one segment
@@ -143,7 +146,13 @@ def attention(
 
     Decoding against a KV cache: `kv_segment_ids` (B, Sk) are the cache slots'
     ids (0 = empty) and `q_offset` the cache index of the first query, so the
-    causal mask compares absolute positions. Only the reference takes this."""
+    causal mask compares absolute positions. Only the reference takes this.
+
+    `segment_bound` (static) promises every segment with an id >= 0 is one
+    contiguous run of at most that many positions (`block_local.segment_bound`
+    checks it on the host); `xla` then runs block-local and `splash` a band
+    mask, both exact (`block_local.Aligned(L)`: each segment inside one aligned
+    block of L). Padding (ids < 0) is not bounded: its rows are unused."""
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"query heads {q.shape[2]} not a multiple of kv heads {k.shape[2]}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -158,8 +167,11 @@ def attention(
             kv_segment_ids=kv_segment_ids, q_offset=q_offset,
         )  # fmt: skip
 
+    band = segment_bound if segment_ids is not None and q.shape[1] == k.shape[1] else None
+    kw = {"band": band} if backend.banded and band is not None else {}
+
     def kernel(q, k, v, seg):
-        return backend.run(q, k, v, seg, causal=causal, scale=scale, interpret=interpret)
+        return backend.run(q, k, v, seg, causal=causal, scale=scale, interpret=interpret, **kw)
 
     if backend.per_device:
         return run_local(kernel, q, k, v, segment_ids)
@@ -208,6 +220,13 @@ def xla_attention(
     return out.reshape(b, sq, hq, d).astype(q.dtype)
 
 
+def _xla(q, k, v, seg, *, causal, scale, interpret=False, band=None):
+    """The `xla` backend: block-local when a bound makes it pay, else the reference."""
+    if band is not None and seg is not None and worthwhile(band, q.shape[1]):
+        return block_local_attention(q, k, v, seg, bound=band, causal=causal, scale=scale)
+    return xla_attention(q, k, v, seg, causal=causal, scale=scale)
+
+
 def _self_attention_only(case: Case) -> str | None:
     if case.cached:
         return "queries offset into a KV cache (decoding)"
@@ -227,11 +246,12 @@ def _pallas_gpu(q, k, v, seg, *, causal, scale, interpret):
     return flash_attention(q, k, v, seg, causal=causal, scale=scale, config=cfg)
 
 
-def _splash(q, k, v, seg, *, causal, scale, interpret):
+def _splash(q, k, v, seg, *, causal, scale, interpret, band=None):
     from tempura_jax.ops.splash_tpu import SplashConfig, splash_attention
 
     cfg = SplashConfig(block=128 if interpret else 512, interpret=interpret)
-    return splash_attention(q, k, v, seg, causal=causal, scale=scale, config=cfg)
+    band = None if band is None else length(band)
+    return splash_attention(q, k, v, seg, causal=causal, scale=scale, config=cfg, band=band)
 
 
 def _triton_missing() -> str | None:
@@ -265,7 +285,7 @@ def _cudnn_unsupported(case: Case) -> str | None:
     return cudnn.unsupported(probe, key, case.has_segments, case.right_padded)
 
 
-register(Backend("xla", xla_attention, lambda case: None, ("cpu", "gpu", "tpu"), False, False))
+register(Backend("xla", _xla, lambda case: None, ("cpu", "gpu", "tpu"), False, False, True))
 register(Backend("cudnn", _cudnn, _cudnn_unsupported, ("gpu",), False, True))
 register(Backend("pallas_gpu", _pallas_gpu, _pallas_gpu_unsupported, ("gpu",), True, True))
-register(Backend("splash", _splash, _self_attention_only, ("tpu",), True, True))
+register(Backend("splash", _splash, _self_attention_only, ("tpu",), True, True, True))

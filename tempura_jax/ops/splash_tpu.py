@@ -1,5 +1,10 @@
 """TPU attention: Pallas splash attention with segment ids and a static causal mask.
 
+With a segment-length bound L (contiguous segments of at most L positions) the
+static mask is the band |i - j| < L (`LocalMask`, cut to j <= i when causal):
+every key a segment can reach lies in it, so it stays exact with the segment
+ids, and splash skips the blocks outside it.
+
 Splash takes (heads, seq, head_dim) per example, so the batch is vmapped; GQA
 is native (query heads grouped over the K/V heads). The kernel needs the
 sequence padded to its block size and head_dim to the 128-lane width; the
@@ -29,9 +34,14 @@ class SplashConfig:
         return min(self.block, round_up(seq, LANES))
 
 
-def _kernel(seq: int, heads: int, causal: bool, block: int, interpret: bool):
-    mask_cls = masks.CausalMask if causal else masks.FullMask
-    mask = masks.MultiHeadMask([mask_cls((seq, seq)) for _ in range(heads)])
+def _static_mask(seq: int, causal: bool, band: int | None) -> masks.Mask:
+    if band is not None:
+        return masks.LocalMask((seq, seq), (band - 1, 0 if causal else band - 1), offset=0)
+    return (masks.CausalMask if causal else masks.FullMask)((seq, seq))
+
+
+def _kernel(seq: int, heads: int, causal: bool, block: int, interpret: bool, band=None):
+    mask = masks.MultiHeadMask([_static_mask(seq, causal, band) for _ in range(heads)])
     sizes = splash.BlockSizes(
         block_q=block,
         block_kv=block,
@@ -59,8 +69,10 @@ def splash_attention(
     causal: bool,
     scale: float,
     config: SplashConfig = SplashConfig(),
+    band: int | None = None,
 ) -> jax.Array:
-    """q (B, S, Hq, D), k/v (B, S, Hkv, D), segment_ids (B, S) or None -> (B, S, Hq, D)."""
+    """q (B, S, Hq, D), k/v (B, S, Hkv, D), segment_ids (B, S) or None -> (B, S, Hq, D);
+    `band`: a segment-length bound (see the module docstring)."""
     b, s, hq, d = q.shape
     block = config.block_for(s)
     s_pad, d_pad = round_up(s, block), round_up(d, LANES)
@@ -69,7 +81,7 @@ def splash_attention(
         return jnp.swapaxes(pad_axis(pad_axis(x, 1, s_pad), 3, d_pad), 1, 2)
 
     seg = pad_segments(segment_ids, b, s, s_pad)
-    kernel = _kernel(s_pad, hq, causal, block, config.interpret)
+    kernel = _kernel(s_pad, hq, causal, block, config.interpret, band)
 
     def one(q, k, v, seg):
         return kernel(q, k, v, segment_ids=splash.SegmentIds(q=seg, kv=seg))

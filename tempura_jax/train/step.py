@@ -29,6 +29,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tempura_jax.data.batching import model_inputs
+from tempura_jax.data.processor import max_frame_patches
+from tempura_jax.model.vision_geometry import config_bounds
+from tempura_jax.ops.block_local import Bound, violation
 from tempura_jax.peft.adapters import training_dropout
 from tempura_jax.sharding import batch_spec, layout_rules, like_params, named, variable_specs
 from tempura_jax.train.config import TrainConfig
@@ -70,6 +73,10 @@ class StepFns:
     grad_shardings: State | None = None  # default: the parameters' layout
     # Static: rows are one sample then padding (bucketed), not packed rows.
     right_padded: bool = True
+    # Static (window, frame) segment-length bounds every batch is checked
+    # against on the host (`check_vision_bounds`): attention runs block-local
+    # within them. (None, None): dense vision attention.
+    vision_bounds: tuple[Bound | None, Bound | None] = (None, None)
 
     @classmethod
     def build(
@@ -81,6 +88,7 @@ class StepFns:
         layout: str,
         loss_chunk: int | None,
         right_padded: bool = True,
+        vision_bounds: tuple[Bound | None, Bound | None] = (None, None),
     ) -> StepFns:
         """Shardings from the parameters' logical axes under a layout: the
         optimiser state follows the parameters it belongs to. `right_padded`:
@@ -93,7 +101,14 @@ class StepFns:
         opt_shapes = jax.eval_shape(tx.init, train)
         opt_specs = like_params(opt_shapes, train, variable_specs(train, mesh, opt_rules))
         return cls(
-            graphdef, tx, param_sh, named(opt_specs, mesh), loss_chunk, grad_sh, right_padded
+            graphdef,
+            tx,
+            param_sh,
+            named(opt_specs, mesh),
+            loss_chunk,
+            grad_sh,
+            right_padded,
+            vision_bounds,
         )
 
     def __post_init__(self):
@@ -116,8 +131,11 @@ class StepFns:
 
     def _loss(self, train: State, frozen: State, batch: dict) -> tuple[jax.Array, jax.Array]:
         model = nnx.merge(self.graphdef, train, frozen)
+        inputs = model_inputs(batch, self.right_padded)
+        window, frame = self.vision_bounds
+        vision = dataclasses.replace(inputs.vision, window_bound=window, frame_bound=frame)
         with training_dropout(batch):  # adapter dropout, if any: training steps only
-            hidden = model.forward(model_inputs(batch, self.right_padded))
+            hidden = model.forward(dataclasses.replace(inputs, vision=vision))
         # The head stays in its master dtype: the loss casts it per block.
         return lm_loss_sum(hidden, model.head_weight(), batch["labels"], self.loss_chunk)
 
@@ -171,6 +189,15 @@ class StepFns:
         return train, opt_state, metrics
 
 
+def check_vision_bounds(batch: dict[str, Any], bounds: tuple[Bound | None, Bound | None]) -> None:
+    """A host batch must keep the bounds the step was built with: each window
+    and frame one contiguous run of at most its bound (what makes the
+    block-local vision attention exact)."""
+    for key, bound in zip(("window_segments", "frame_segments"), bounds, strict=True):
+        if bound is not None and (found := violation(batch[key], bound)):
+            raise ValueError(f"batch {key}: {found}, the step was built for runs <= {bound}")
+
+
 def one_program(accum: int) -> bool:
     """Whether a step runs as `StepFns.step` (one micro-batch) rather than
     `accumulate` per micro-batch then `apply`."""
@@ -203,6 +230,9 @@ class TrainSplit:
             cfg.mesh.layout,
             cfg.model.loss_chunk or None,
             right_padded=not cfg.data.packing,  # packed rows hold several samples
+            # Window and frame bounds from the config and the pixel budget: one
+            # static pair for the run, which every batch is checked against.
+            vision_bounds=config_bounds(model.config.vision, max_frame_patches(cfg.data.pixels)),
         )
         param_rules, _ = layout_rules(cfg.mesh.layout)
         frozen_sh = named(variable_specs(frozen, mesh, param_rules), mesh)

@@ -41,7 +41,7 @@ from tempura_jax.train.config import TrainConfig
 from tempura_jax.train.flops import batch_flops, passes, peak_flops
 from tempura_jax.train.metrics import MetricsLog
 from tempura_jax.train.optim import GROUPS, schedules, transform
-from tempura_jax.train.step import TrainSplit, batch_shardings, one_program
+from tempura_jax.train.step import TrainSplit, batch_shardings, check_vision_bounds, one_program
 
 
 def _in_cluster() -> bool:
@@ -299,6 +299,7 @@ class Trainer:
         # What `model_inputs` states; packed rows say right_padded=False instead.
         if not self.data_cfg.packing and not is_right_padded(local["segment_ids"]):
             raise ValueError("batch rows are not one sample followed by padding")
+        check_vision_bounds(local, self.fns.vision_bounds)
         flops = batch_flops(local, self.model_cfg, *self.passes)
         self.skipped = self.dataset.skips.skipped
         if jax.process_count() > 1:
