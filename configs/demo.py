@@ -23,7 +23,7 @@ def get_config(stage: int) -> TrainConfig:
         name="demo",
         stage=stage,
         workdir=f"{ROOT}/stage{stage}",
-        epochs=4 if stage == 1 else 20,  # 56 masked records, 12 dense ones
+        epochs=4 if stage == 1 else 48,  # 56 masked records, 12 dense ones (the long DVC prompt)
         model=ModelSetup(init=f"{ROOT}/model" if stage == 1 else f"{ROOT}/stage1/checkpoints"),
         data=DataConfig(
             data=(f"{data_dir}/{DATA_FILES[stage]}",),
