@@ -15,22 +15,11 @@ from pathlib import Path
 from tempura_jax.annotate.pipeline import REASONS, events_of
 from tempura_jax.annotate.store import write_json
 from tempura_jax.data.events import PROMPTS, format_events, masked_sample
+from tempura_jax.data.records import ver_record
 
 META = ("prompt_version", "model", "dry_run", "shard")
 FILES = ("stage2_dense.json", "stage1_masked.json", "summary.json")
 SHARD_DIR = re.compile(r"^shard-(\d{5})-of-(\d{5})$")
-
-
-def _record(rid: str, video: str, prompt: str, target: str, **extra) -> dict:
-    return {
-        "id": rid,
-        "video": video,
-        **extra,
-        "conversations": [
-            {"from": "human", "value": "<video>\n" + prompt},
-            {"from": "gpt", "value": target},
-        ],
-    }
 
 
 def records(results: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -42,16 +31,15 @@ def records(results: list[dict]) -> tuple[list[dict], list[dict]]:
         rid = Path(r["video"]).with_suffix("").as_posix().replace("/", "__")
         events = events_of(r)
         extra = {"category": r["category"], "duration": r["duration"]}
-        dense.append(
-            _record(rid, r["video"], PROMPTS["reference"]["dense"], format_events(events), **extra)
-        )
+        prompt = PROMPTS["reference"]["dense"]
+        dense.append(ver_record(rid, r["video"], prompt, format_events(events), **extra))
         m = r.get("masked")
         if m:
             prompt, answer, window = masked_sample(
                 events, m["index"], m["reasoning"], prompt=PROMPTS["reference"]["masked"]
             )
             masked.append(
-                _record(
+                ver_record(
                     f"{rid}_m{m['index']}",
                     r["video"],
                     prompt,

@@ -18,6 +18,7 @@ import numpy as np
 
 from tempura_jax.config import ModelConfig, tiny
 from tempura_jax.data.events import PROMPTS, Event, format_events, masked_sample
+from tempura_jax.data.records import ver_record
 from tempura_jax.data.video_io import write_video
 
 COLOURS = {
@@ -300,12 +301,12 @@ def make_demo_data(out: str | Path, spec: DemoSpec = DemoSpec()) -> dict[str, st
         events = [Event(s.start, s.end, s.caption) for s in steps]
         media = f"frames/{name}" if v < spec.frame_folders else rel
         target = format_events(events)
-        stage2.append(_ver_record(name, media, dense_prompt, target))
+        stage2.append(ver_record(name, media, dense_prompt, target))
         corpus += [dense_prompt, target]
         for k in range(1, len(events) - 1) or [0]:
             prompt, answer, window = masked_sample(events, k, prompt=masked_prompt)
             extra = {"masked_start_end_frame_idxs": window}
-            stage1.append(_ver_record(f"{name}_m{k}", media, prompt, answer, **extra))
+            stage1.append(ver_record(f"{name}_m{k}", media, prompt, answer, **extra))
             corpus += [prompt, answer]
         for e in events:
             charades.append(f"{name} {e.start:.1f} {e.end:.1f}##{e.caption.rstrip('.')}")
@@ -334,18 +335,6 @@ def make_demo_data(out: str | Path, spec: DemoSpec = DemoSpec()) -> dict[str, st
         "charades_sta_test.txt, highlight_val_release.jsonl: evaluation annotations.\n"
     )
     return {k: str(p) for k, p in paths.items()}
-
-
-def _ver_record(rid: str, media: str, prompt: str, target: str, **extra) -> dict:
-    return {
-        "id": rid,
-        "video": media,
-        **extra,
-        "conversations": [
-            {"from": "human", "value": "<video>\n" + prompt},
-            {"from": "gpt", "value": target},
-        ],
-    }
 
 
 def _write_frame_folder(folder: Path, steps: list[Step]) -> None:

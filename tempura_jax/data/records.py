@@ -56,6 +56,21 @@ def _field(raw: dict, name: str, kind, source: str):
     return raw[name]
 
 
+def ver_record(rid: str, video: str, prompt: str, target: str, **extra) -> dict:
+    """One VER/LLaVA record as `parse_record` reads it: a human turn carrying
+    the video and the prompt, the assistant's target, and extra fields
+    (`masked_start_end_frame_idxs`, `clip`, ...)."""
+    return {
+        "id": rid,
+        "video": video,
+        **extra,
+        "conversations": [
+            {"from": "human", "value": "<video>\n" + prompt},
+            {"from": "gpt", "value": target},
+        ],
+    }
+
+
 def parse_record(raw, source: str, media_root: str | Path) -> Record:
     if not isinstance(raw, dict):
         raise RecordError("bad_record", f"a record must be an object, got {type(raw).__name__}")
