@@ -166,3 +166,40 @@ def qvh_one_query(folder):
     path = Path(folder) / "highlight_val_release.jsonl"
     path.write_text(json.dumps(gt) + "\n")
     return path
+
+
+def start_http_module(module: str, args: list[str], timeout: float = 240):
+    """Start `python -m MODULE ARGS` (a server of ours that binds a free port
+    and prints its http:// address); returns (process, that line). The
+    output pipe stays drained; the caller terminates the process."""
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    line: list[str] = []
+
+    def first_url() -> None:  # the line that names the address (logs may come first)
+        for text in proc.stdout:
+            if "http://" in text:
+                line.append(text)
+                return
+
+    reader = threading.Thread(target=first_url, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not line:
+        proc.kill()
+        raise RuntimeError(f"{module} did not start: {proc.stdout.read()[-2000:]}")
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+    return proc, line[0]

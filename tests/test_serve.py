@@ -5,43 +5,22 @@ concurrent requests (greedy answers equal single runs), limits and bad media."""
 import base64
 import os
 import subprocess
-import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import start_http_module
 
 openai = pytest.importorskip("openai")
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_FRAMES = 15
 
 
 def start_server(args: list[str], timeout: float = 240) -> tuple[subprocess.Popen, int]:
     """Start `python -m tempura_jax.inference.serve ARGS --port 0`; (process, port)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "tempura_jax.inference.serve", *args, "--port", "0"]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    line: list[str] = []
-
-    def first_url() -> None:  # the line that names the address (logs may come first)
-        for text in proc.stdout:
-            if "http://" in text:
-                line.append(text)
-                return
-
-    reader = threading.Thread(target=first_url, daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not line or "http://" not in line[0]:
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line} {proc.stdout.read()[-2000:]}")
-    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
-    return proc, int(line[0].rsplit(":", 1)[1].split("/")[0])
+    proc, line = start_http_module("tempura_jax.inference.serve", [*args, "--port", "0"], timeout)
+    return proc, int(line.rsplit(":", 1)[1].split("/")[0])
 
 
 @pytest.fixture(scope="module")

@@ -3,16 +3,11 @@ page loads, one dense-caption request on a demo video runs, the stamped
 frames, the answer and the timeline appear. The screenshot is kept under
 the test's tmp dir (its path is printed)."""
 
-import os
 import shutil
-import subprocess
-import sys
-import threading
-from pathlib import Path
 
 import pytest
+from conftest import start_http_module
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -24,28 +19,9 @@ def demo_server(demo_data, tmp_path):
     work = tmp_path / "demo"
     work.mkdir()
     (work / "data").symlink_to(demo_data["media_root"])
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "tempura_jax.webdemo.app", "--workdir", str(work),
-           "--port", "0", "--max-new-tokens", "8"]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    line: list[str] = []
-
-    def first_url() -> None:  # the line that names the address (logs may come first)
-        for text in proc.stdout:
-            if "http://" in text:
-                line.append(text)
-                return
-
-    reader = threading.Thread(target=first_url, daemon=True)
-    reader.start()
-    reader.join(240)
-    if not line or "http://" not in line[0]:
-        proc.kill()
-        raise RuntimeError(f"demo did not start: {line} {proc.stdout.read()[-2000:]}")
-    threading.Thread(target=proc.stdout.read, daemon=True).start()
-    yield line[0].split()[-1]
+    args = ["--workdir", str(work), "--port", "0", "--max-new-tokens", "8"]
+    proc, line = start_http_module("tempura_jax.webdemo.app", args)
+    yield line.split()[-1]
     proc.terminate()
     proc.wait(30)
 
