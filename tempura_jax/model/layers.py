@@ -44,7 +44,16 @@ def maybe_remat(block: nnx.Module, policy: str, *args, **static):
         return block(*args, **static)
     if policy not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {policy!r}; known: none, {sorted(REMAT_POLICIES)}")
-    return nnx.remat(lambda m, *a: m(*a, **static), policy=REMAT_POLICIES[policy])(block, *args)
+    # Functional (split, then merge inside jax.checkpoint) rather than nnx.remat:
+    # a block's forward mutates nothing, and nnx.remat's write-back of the
+    # block's Variables fails on frozen ones (closed over by the step's grad
+    # at another trace level: freezing a tower, or adapters on a frozen base).
+    graphdef, state = nnx.split(block)
+
+    def run(state, *a):
+        return nnx.merge(graphdef, state)(*a, **static)
+
+    return jax.checkpoint(run, policy=REMAT_POLICIES[policy])(state, *args)
 
 
 def param(
