@@ -144,8 +144,9 @@ def test_model_gradient_lowers_with_kernels_everywhere(impl, preset, on_platform
     assert [(b.name, interpret) for b, interpret in chosen] == [(impl, False)] * sites
     calls = custom_calls(module)[NATIVE[impl][2]]
     # Pallas GPU kernels are inlined at each site (forward, dq, dk/dv); splash
-    # kernels are jitted functions, lowered once per shape (vision, decoder).
-    assert calls == 3 * (sites if impl == "pallas_gpu" else 2), calls
+    # kernels are jitted functions, lowered once per static mask: the vision
+    # windows' band, the vision frames' and the decoder's causal mask.
+    assert calls == 3 * (sites if impl == "pallas_gpu" else 3), calls
 
 
 def test_auto_on_gpu_takes_cudnn_for_the_decoder_and_pallas_for_vision(cudnn_probes, on_platform):
