@@ -187,7 +187,7 @@ def test_lora_run_resumes_exactly_and_exports(train_data, tiny_init, tmp_path_fa
     assert ref[4]["loss"] < ref[1]["loss"]
 
     proc = launch(run_args(train_data, tiny_init, run_dir, *args))
-    wait_for_step(proc, run_dir, 3)
+    wait_for_step(proc, run_dir, 3, checkpoint=2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     out = finish(launch(run_args(train_data, tiny_init, run_dir, *args)))

@@ -103,8 +103,23 @@ def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
     return out
 
 
-def wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: float = 300) -> None:
-    """Block until `step` is logged (by reading the metrics file as it grows)."""
+def saved_steps(workdir: Path) -> list[int]:
+    """Finished checkpoints: Orbax renames a step's directory into place only
+    once every item is written."""
+    root = Path(workdir) / "checkpoints"
+    return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit()) if root.is_dir() else []
+
+
+def wait_for_step(
+    proc: subprocess.Popen,
+    workdir: Path,
+    step: int,
+    timeout: float = 300,
+    checkpoint: int | None = None,
+) -> None:
+    """Block until `step` is logged (by reading the metrics file as it grows)
+    and, with `checkpoint`, a checkpoint of at least that step is finished
+    (asynchronous saves can trail the log on a loaded machine)."""
     import time
 
     path = Path(workdir) / "metrics.jsonl"
@@ -113,7 +128,8 @@ def wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: flo
         if proc.poll() is not None:
             raise AssertionError(f"run ended early: {proc.stderr.read()[-3000:]}")
         try:
-            if path.exists() and max(metrics(workdir), default=0) >= step:
+            saved = checkpoint is None or any(s >= checkpoint for s in saved_steps(workdir))
+            if path.exists() and max(metrics(workdir), default=0) >= step and saved:
                 return
         except json.JSONDecodeError:
             pass  # a line being written
@@ -232,7 +248,7 @@ def test_sigkill_then_resume_is_bit_identical(
 ):
     args = run_args(train_data, tiny_init, tmp_path, *RUN_ARGS, *with_bad_records)
     proc = launch(args)
-    wait_for_step(proc, tmp_path, 3)
+    wait_for_step(proc, tmp_path, 3, checkpoint=2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(metrics(tmp_path))

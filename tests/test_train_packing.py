@@ -40,7 +40,7 @@ def test_packed_sigkill_then_resume_is_bit_identical(
 ):
     args = run_args(train_data, tiny_init, tmp_path, *RUN, *PACKED)
     proc = launch(args)
-    wait_for_step(proc, tmp_path, 3)
+    wait_for_step(proc, tmp_path, 3, checkpoint=2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(metrics(tmp_path))
