@@ -42,12 +42,18 @@ def _t(flops: float | None) -> str:
     return f"{flops / 1e12:.1f}" if flops else "?"
 
 
+def tuning(r: dict) -> str:
+    """Full fine-tuning, or the adapter method the report's overrides name."""
+    methods = [o.split("=", 1)[1] for o in r.get("overrides", []) if o.startswith("peft.method=")]
+    return methods[-1] if methods and methods[-1] != "none" else "full"
+
+
 def table(rs: list[dict]) -> str:
     head = (
-        "| config | slice | mesh (data, fsdp, tensor) | remat dec/vis | accum | "
+        "| config | tuning | slice | mesh (data, fsdp, tensor) | remat dec/vis | accum | "
         "args / temps / held / peak GiB per device | HBM GiB | fits (margin GiB) | "
         "XLA / model TFLOPs per device-step | compile s |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     rows = []
     for r in rs:
@@ -55,7 +61,7 @@ def table(rs: list[dict]) -> str:
             continue
         m, mesh = r["memory"], r["mesh"]
         rows.append(
-            f"| {r.get('config', '?')} | {r['topology']} ({r['devices']} x {r['device_kind']}) | "
+            f"| {r.get('config', '?')} | {tuning(r)} | {r['topology']} ({r['devices']} x {r['device_kind']}) | "
             f"({mesh['data']}, {mesh['fsdp']}, {mesh['tensor']}) | "
             f"{r['remat']['decoder']}/{r['remat']['vision']} | {r['accumulation']} | "
             f"{_g(m['arguments'])} / {_g(m['temporaries'])} / {_g(m.get('held'))} / "
