@@ -61,7 +61,8 @@ def table(rs: list[dict]) -> str:
             continue
         m, mesh = r["memory"], r["mesh"]
         rows.append(
-            f"| {r.get('config', '?')} | {tuning(r)} | {r['topology']} ({r['devices']} x {r['device_kind']}) | "
+            f"| {r.get('config', '?')} | {tuning(r)} | "
+            f"{r['topology']} ({r['devices']} x {r['device_kind']}) | "
             f"({mesh['data']}, {mesh['fsdp']}, {mesh['tensor']}) | "
             f"{r['remat']['decoder']}/{r['remat']['vision']} | {r['accumulation']} | "
             f"{_g(m['arguments'])} / {_g(m['temporaries'])} / {_g(m.get('held'))} / "
