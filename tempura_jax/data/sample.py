@@ -132,11 +132,7 @@ class ExampleBuilder:
         decoded): what packing plans rows with. Raises SampleError for the
         records `build` rejects before decoding."""
         cfg = self.cfg
-        try:
-            tl = media.timeline(rec.media, rec.clip, cfg.sampling)
-            picks = media.select(tl.times, tl.duration, cfg.sampling)
-        except media.MediaError as e:
-            raise SampleError(rec.source, "bad_media", str(e)) from e
+        tl, picks = self._picks(rec)
         self._check_task(rec, tl.duration)
         picks = self._fit(rec, tl, picks)
         if len(picks) == 0:
@@ -144,6 +140,15 @@ class ExampleBuilder:
         blocks = self._tokens_per_block(len(picks), tl)
         ids, _ = self._chat(rec, vision_tokens(self.tok, blocks, cfg.as_video))
         return len(ids), cfg.pixels.merge_size**2 * sum(blocks)
+
+    def _picks(self, rec: Record):
+        """The record's timeline and sampled frames; SampleError when the
+        media cannot be read."""
+        try:
+            tl = media.timeline(rec.media, rec.clip, self.cfg.sampling)
+            return tl, media.select(tl.times, tl.duration, self.cfg.sampling)
+        except media.MediaError as e:
+            raise SampleError(rec.source, "bad_media", str(e)) from e
 
     def _check_task(self, rec: Record, duration: float) -> bool:
         """Returns whether the record is a masked (stage-1) record."""
@@ -176,11 +181,7 @@ class ExampleBuilder:
         (with `resize`) resized, so full-resolution frames never pile up.
         Raises SampleError."""
         cfg = self.cfg
-        try:
-            tl = media.timeline(rec.media, rec.clip, cfg.sampling)
-            picks = media.select(tl.times, tl.duration, cfg.sampling)
-        except media.MediaError as e:
-            raise SampleError(rec.source, "bad_media", str(e)) from e
+        tl, picks = self._picks(rec)
         is_masked = self._check_task(rec, tl.duration)
         if self.tok is not None:
             picks = self._fit(rec, tl, picks)
