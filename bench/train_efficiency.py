@@ -16,11 +16,13 @@ Buckets: each micro-batch of `per_device x devices` rows (one accumulation
 step of every device: all agree on one shape) is padded to the
 `seq_buckets`/`patch_buckets` of the data config; every distinct shape is a
 compile of the step. Packing: the pipeline's own plan (`PackPlan`) for each
-`--pack` entry ROW_TOKENS/PATCHES/PER_DEVICE (data.pack_seq_len,
-data.pack_patches, batch.per_device); PATCHES 0 is the default (merge^2 x
+`--pack` entry ROW_TOKENS/PATCHES/PER_DEVICE[/SORT] (data.pack_seq_len,
+data.pack_patches, batch.per_device, data.pack_sort); PATCHES 0 is the default (merge^2 x
 ROW_TOKENS, never binding) and "auto" is ROW_TOKENS x the data's patches
 per token, rounded up to 64. A record too big for a row drops frames down
 to min_frames like the pipeline (else it is skipped as too_long).
+`padding_bound` is the least padding any packing into those rows can reach
+(records above half a row never share one).
 """
 
 from __future__ import annotations
@@ -104,6 +106,18 @@ def bucketed(lengths: np.ndarray, cfg: DataConfig, rows: int, epochs: int, seed:
     }
 
 
+def padding_bound(lengths: np.ndarray, budget: tuple[int, int], rows: int) -> list[float]:
+    """The least padding any packing into steps of `rows` rows can reach: no
+    two records above half a row's tokens or patches share a row, and no row
+    holds more than its budget."""
+    cap = np.array(budget, np.float64)
+    big = int((lengths > cap / 2).any(axis=1).sum())
+    total = lengths.sum(0).astype(np.float64)
+    need = max(big, *np.ceil(total / cap).astype(int).tolist())
+    need = -(-need // rows) * rows
+    return [float(x) for x in 1 - total / (need * cap)]
+
+
 def packed(lengths: np.ndarray, cfg: DataConfig, rows: int, epochs: int) -> dict:
     usable = np.flatnonzero(lengths[:, 0] >= 0)
     t0 = time.perf_counter()
@@ -128,6 +142,7 @@ def packed(lengths: np.ndarray, cfg: DataConfig, rows: int, epochs: int) -> dict
         "records_not_in_epoch": dropped,  # the plan's last partial micro-batch, per epoch
         "padding_tokens": float(1 - real[0] / slots[0]),
         "padding_patches": float(1 - real[1] / slots[1]),
+        "padding_bound": padding_bound(lengths[usable], plan.budget, rows),
         "plan_seconds_per_epoch": plan_s,
     }
 
@@ -152,8 +167,9 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--pack",
-        default="8192/0/2,8192/auto/2,16384/auto/1",
-        help="comma list of ROW_TOKENS/PATCHES/PER_DEVICE (PATCHES: 0, auto or an integer)",
+        default="8192/0/2,8192/auto/2,8192/auto/2/1024,16384/auto/1/1024,23424/auto/1/1024",
+        help="comma list of ROW_TOKENS/PATCHES/PER_DEVICE[/SORT] (PATCHES: 0, auto or an "
+        "integer; SORT: data.pack_sort, 0 = first fit)",
     )
     p.add_argument("--pack-window", type=int, default=64)
     p.add_argument("--epochs", type=int, default=3)
@@ -205,10 +221,15 @@ def main(argv=None) -> int:
         runs["buckets"] = bucketed(bucket_lengths, base, rows, a.epochs, a.seed)
         runs["packed"] = []
         for entry_text in a.pack.split(","):
-            row_tokens, patches, per_device = entry_text.strip().split("/")
+            row_tokens, patches, per_device, *sort = entry_text.strip().split("/")
             row_tokens, per_device = int(row_tokens), int(per_device)
             pp = math.ceil(row_tokens * ratio / 64) * 64 if patches == "auto" else int(patches)
-            cfg = base.replace(packing=True, pack_seq_len=row_tokens, pack_patches=pp)
+            cfg = base.replace(
+                packing=True,
+                pack_seq_len=row_tokens,
+                pack_patches=pp,
+                pack_sort=int(sort[0]) if sort else 0,
+            )
             key = (row_tokens, pp)
             if key not in packed_lengths:
                 packed_lengths[key] = (

@@ -14,7 +14,7 @@ from flax import nnx
 from tempura_jax.config import tiny
 from tempura_jax.data.batching import collate
 from tempura_jax.data.chat import IGNORE
-from tempura_jax.data.packing import collate_packed, first_fit
+from tempura_jax.data.packing import best_fit_sorted, collate_packed, first_fit
 from tempura_jax.data.pipeline import Shard, load_dataset
 from tempura_jax.data.records import load_records
 from tempura_jax.data.sample import ExampleBuilder
@@ -60,6 +60,25 @@ def test_first_fit_respects_the_budget_and_places_every_record_once():
     assert rows == first_fit(lengths, order, (1024, 4096), window=8)  # deterministic
     wide = first_fit(lengths, order, (1024, 4096), window=64)
     assert len(wide) <= len(rows) < 300  # a wider window fills rows at least as well
+
+
+def test_best_fit_sorted_fills_rows_closer_to_the_bound():
+    rng = np.random.default_rng(1)
+    lengths = np.stack([rng.integers(50, 900, 600), rng.integers(0, 3000, 600)], 1)
+    order = rng.permutation(600)
+    rows = best_fit_sorted(lengths, order, (1024, 4096), 200, np.random.default_rng(0))
+    assert sorted(i for r in rows for i in r) == list(range(600))
+    for r in rows:
+        assert (lengths[r].sum(0) <= (1024, 4096)).all()
+    again = best_fit_sorted(lengths, order, (1024, 4096), 200, np.random.default_rng(0))
+    assert rows == again  # the plan is the same on every process
+    # blocks keep records near their shuffled position: each row comes from one block
+    block = {int(i): k // 200 for k, i in enumerate(order)}
+    assert all(len({block[i] for i in r}) == 1 for r in rows)
+    assert len(rows) < len(first_fit(lengths, order, (1024, 4096), window=64))
+    # rows are shuffled: the step order is not the largest-first order
+    first = [max(lengths[i, 0] for i in r) for r in rows[: len(rows) // 3]]
+    assert first != sorted(first, reverse=True)
 
 
 def test_packed_row_layout(demo_data):
@@ -131,8 +150,9 @@ def batches_equal(a, b):
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_packed_iterator_resumes_exactly(demo_data):
-    cfg = packed_cfg(demo_data, num_epochs=None, batch_size=1, max_seq_len=768)
+@pytest.mark.parametrize("sort", [0, 8])
+def test_packed_iterator_resumes_exactly(demo_data, sort):
+    cfg = packed_cfg(demo_data, num_epochs=None, batch_size=1, max_seq_len=768, pack_sort=sort)
     ds = load_dataset(cfg, MODEL)
     assert ds.steps_per_epoch >= 2
     it = iter(ds)

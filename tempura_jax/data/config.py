@@ -71,6 +71,12 @@ class DataConfig:
     pack_window: int = option(
         64, "rows open at once while packing (first fit within them): more fill, more reordering"
     )
+    pack_sort: int = option(
+        0,
+        "0: first fit in shuffled order within pack_window open rows; N: best fit, "
+        "largest first, within blocks of N shuffled records (rows shuffled after), "
+        "which fills rows closer to the bound",
+    )
     batch_size: int = option(1, "records per batch per process (training sets it from batch.*)")
     seed: int = option(0, "shuffle seed")
     shuffle: bool = option(True, "reshuffle the records every epoch")
@@ -107,6 +113,8 @@ class DataConfig:
             raise ValueError(
                 f"pack_seq_len {self.pack_seq_len} is below max_seq_len {self.max_seq_len}"
             )
+        if self.pack_sort < 0:
+            raise ValueError(f"pack_sort must be >= 0 (0 = first fit), got {self.pack_sort}")
         if self.pack_patches < 0 or self.pack_patches % unit or self.pack_window < 1:
             raise ValueError(
                 f"pack_patches must be a non-negative multiple of {unit} and pack_window >= 1, "

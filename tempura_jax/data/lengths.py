@@ -38,7 +38,7 @@ _IRRELEVANT = {
     "data", "media_root", "seed", "shuffle", "batch_size", "num_epochs", "read_threads",
     "workers", "prefetch", "max_skip_fraction", "skip_log", "pixel_dtype", "seq_bucket_min",
     "seq_bucket_growth", "patch_bucket_min", "patch_bucket_growth", "pack_window",
-    "pack_lengths", "stamp", "blank_masked", "stamp_masked",
+    "pack_sort", "pack_lengths", "stamp", "blank_masked", "stamp_masked",
 }  # fmt: skip
 
 

@@ -5,7 +5,9 @@ shape instead of one per (sequence, patch) bucket.
 Each record's (tokens, patches) is measured once on the host from the
 container's packet times and the sampling config (`ExampleBuilder.measure`,
 no decoding). From those, every process computes the same plan per epoch: a
-seeded record order, then first fit into the open rows of a window. Global
+seeded record order, then first fit into the open rows of a window, or
+(`data.pack_sort=N`) best fit decreasing within blocks of N records, whose
+rows are then shuffled so that the step order carries no length order. Global
 step k is rows [k*G, (k+1)*G) of the plan and process i reads rows
 [i*R, (i+1)*R) of it, like `BlockShard`; the iterator state is one index, so
 a resume is exact. steps_per_epoch comes from epoch 0's plan: a later epoch
@@ -65,6 +67,42 @@ def first_fit(
     return rows + open_rows
 
 
+def best_fit_sorted(
+    lengths: np.ndarray,
+    order: np.ndarray,
+    budget: tuple[int, int],
+    block: int,
+    rng: np.random.Generator,
+) -> list[list[int]]:
+    """Rows of record indices: `order` is cut into blocks of `block` records;
+    in each, records go largest first into the row they leave least room in
+    (both budgets, as shares of the row), else open a row. It fills rows
+    closer to the bin-packing bound than first fit (most where samples are
+    short against the row); each block's rows are shuffled with `rng`."""
+    cap = np.array(budget, np.int64)
+    rows: list[list[int]] = []
+    for start in range(0, len(order), block):
+        chunk = np.asarray(order[start : start + block])
+        size = (lengths[chunk] / cap).max(axis=1)
+        chunk = chunk[np.argsort(-size, kind="stable")]
+        block_rows: list[list[int]] = []
+        free = np.zeros((0, 2), np.int64)
+        for i in chunk:
+            need = lengths[i]
+            room = free - need
+            fits = (room >= 0).all(axis=1)
+            if fits.any():
+                left = np.where(fits, (room / cap).sum(axis=1), np.inf)
+                j = int(left.argmin())
+                block_rows[j].append(int(i))
+                free[j] = room[j]
+            else:
+                block_rows.append([int(i)])
+                free = np.concatenate([free, (cap - need)[None]])
+        rows += [block_rows[k] for k in rng.permutation(len(block_rows))]
+    return rows
+
+
 class PackPlan:
     """The rows of every epoch, identical on every process.
 
@@ -81,6 +119,7 @@ class PackPlan:
         self.lengths, self.usable = lengths, usable
         self.budget = (cfg.row_tokens, cfg.row_patches)
         self.window, self.seed, self.shuffle = cfg.pack_window, cfg.seed, cfg.shuffle
+        self.sort = cfg.pack_sort
         self.global_rows = global_rows
         self.steps_per_epoch = len(self.rows(0)) // global_rows
 
@@ -93,7 +132,11 @@ class PackPlan:
             if self.shuffle
             else np.arange(n)
         )
-        rows = first_fit(self.lengths, order, self.budget, self.window)
+        if self.sort:
+            rng = np.random.default_rng([self.seed, epoch, 1])
+            rows = best_fit_sorted(self.lengths, order, self.budget, self.sort, rng)
+        else:
+            rows = first_fit(self.lengths, order, self.budget, self.window)
         return [[int(self.usable[i]) for i in r] for r in rows]
 
     def row(self, epoch: int, index: int) -> list[int]:

@@ -219,6 +219,7 @@ class Trainer:
         "data.pack_seq_len",
         "data.pack_patches",
         "data.pack_window",
+        "data.pack_sort",
         "optim.warmup_ratio",
         "peft.method",
         "peft.rank",
