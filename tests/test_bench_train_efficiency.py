@@ -14,7 +14,10 @@ def test_train_efficiency_bench_small(tmp_path):
     spec.loader.exec_module(bench)
     out = tmp_path / "e.json"
     args = ["--records", "600", "--devices", "1", "--epochs", "2", "--median-seconds", "30"]
-    assert bench.main([*args, "--pack", "8192/0/2,16384/auto/1", "--out", str(out)]) == 0
+    assert (
+        bench.main([*args, "--pack", "8192/0/2,16384/auto/1,8192/auto/2/200", "--out", str(out)])
+        == 0
+    )
     r = json.loads(out.read_text())["by_devices"]["1"]
     assert max(r["buckets"]["shapes_per_epoch"]) > 1
     assert 0 < r["buckets"]["padding_tokens"] < 1
@@ -22,4 +25,8 @@ def test_train_efficiency_bench_small(tmp_path):
         assert p["shapes_per_epoch"] == [1, 1] and p["samples_per_row"][0] > 1
         assert 0 <= p["padding_tokens"] < r["buckets"]["padding_tokens"]
         assert 0 <= p["padding_patches"] < 1
+        assert all(
+            0 <= b <= x + 1e-9
+            for b, x in zip(p["padding_bound"], [p["padding_tokens"], p["padding_patches"]])
+        )
     assert r["packed"][1]["step_shape"][1:] == [16384, r["packed"][1]["step_shape"][2]]
