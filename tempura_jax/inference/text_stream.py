@@ -2,12 +2,14 @@
 strings (the answer ends before the first one, which is not returned) and
 the deltas a stream may send so far.
 
-A delta holds back what the next ids could still change: a trailing partial
-UTF-8 character (decoded as U+FFFD), trailing whitespace (the answer is
-stripped) and an ending that could be the start of a stop string (a stop
-string may span chunks). So the deltas join to exactly the answer text that
-the whole row gives, given a tokenizer whose decode of a prefix of the ids is
-a prefix of the decode of all of them (byte-level BPE, as Qwen's).
+The answer is the decoded text without its leading and trailing whitespace,
+or, once a stop string appears, all before the first one (leading whitespace
+still dropped). A delta holds back what the next ids could still change: a
+trailing partial UTF-8 character (decoded as U+FFFD), trailing whitespace
+and an ending that could start a stop string (one may span chunks). So the
+deltas join to exactly the answer that the whole row gives, for a tokenizer
+whose decode of a prefix of the ids is a prefix of the decode of all of them
+up to trailing whitespace (byte-level BPE, as Qwen's).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class TextStream:
         """(the answer text of the complete row, whether a stop string cut it)."""
         text = self._visible(row)
         cut = self._cut(text)
-        return (text if cut is None else text[:cut]).rstrip(), cut is not None
+        return (text.rstrip() if cut is None else text[:cut]), cut is not None
 
     def _held(self, text: str) -> int:
         """Where the ending that the next ids could still change begins."""
@@ -59,7 +61,7 @@ class TextStream:
         text = self._visible(row)
         cut = self._cut(text)
         self.stopped = cut is not None
-        ready = (text[:cut] if self.stopped else text[: self._held(text)]).rstrip()
+        ready = text[:cut] if self.stopped else text[: self._held(text)].rstrip()
         if not ready.startswith(self.sent):  # a tokenizer whose decode is not prefix-stable
             return ""
         delta, self.sent = ready[len(self.sent) :], ready
