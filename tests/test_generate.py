@@ -1,5 +1,7 @@
 """Cached generation against full forward passes (tiny random model, fp32 CPU)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import IMAGE, VEND, VIDEO, VSTART, pixels, vision_block
@@ -154,3 +156,36 @@ def test_zero_new_tokens_is_refused(model):
     inputs = tempura_jax.prepare_inputs(model.config, np.array([[5, 6, 7]]))
     with pytest.raises(ValueError, match="at least 1"):
         generate(model, inputs, SamplingConfig(max_new_tokens=0))
+
+
+def test_chunks_equal_one_run_and_share_one_program(model):
+    """generate_chunks (prefill, then a chunk of steps per call) gives generate's
+    tokens and logits at any chunk size, from one compiled chunk program."""
+    from tempura_jax.inference.generate import _chunk, generate_chunks
+
+    samples = [_sample("image"), _sample("text")]
+    ids, mask, media = _left_padded(samples)
+    inputs = tempura_jax.prepare_inputs(model.config, ids, mask, **media)
+    cfg = SamplingConfig(max_new_tokens=STEPS, suppress_ids=SUPPRESS)
+    whole = generate(model, inputs, cfg, return_logits=True)
+    compiled = None
+    for chunk in (1, 2, STEPS):
+        parts = list(generate_chunks(model, inputs, cfg, chunk, return_logits=True))
+        assert len(parts) == 1 + -(-(STEPS - 1) // chunk)  # the prefill's token, then chunks
+        assert [p.lengths.tolist() for p in parts][0] == [1, 1]
+        for p, q in zip(parts, parts[1:], strict=False):  # each chunk extends the last
+            n = p.lengths[0]
+            assert (q.tokens[:, :n] == p.tokens[:, :n]).all() and (q.lengths > p.lengths).all()
+        assert (parts[-1].tokens == whole.tokens).all()
+        assert (parts[-1].lengths == whole.lengths).all() and not parts[-1].done.any()
+        np.testing.assert_allclose(parts[-1].logits, whole.logits, atol=1e-5)
+        compiled = compiled or _chunk._cache_size()
+        assert _chunk._cache_size() == compiled  # the chunk end is traced
+    # Once every row stopped at a stop id, no further chunk runs.
+    ids, media = _sample("image")
+    twice = tempura_jax.prepare_inputs(model.config, np.array([ids, ids]), **_twice(media))
+    free = generate(model, twice, cfg).tokens[0].tolist()
+    first = free.index(free[1])  # the row's first stop, at index 0 or 1
+    parts = list(generate_chunks(model, twice, dataclasses.replace(cfg, stop_ids=(free[1],)), 1))
+    assert len(parts) == first + 1 and parts[-1].done.all()
+    assert parts[-1].lengths.tolist() == [first + 1] * 2

@@ -15,6 +15,7 @@ from conftest import start_http_module
 openai = pytest.importorskip("openai")
 
 MAX_FRAMES = 15
+MAX_TOKENS = 24
 
 
 def start_server(args: list[str], timeout: float = 240) -> tuple[subprocess.Popen, int]:
@@ -30,14 +31,14 @@ def server(demo_data, tmp_path_factory):
     from tempura_jax.random_checkpoint import write_random_hf_checkpoint
 
     folder = tmp_path_factory.mktemp("serve")
-    write_random_hf_checkpoint(tiny(), folder / "hf", dtype="float32")
+    write_random_hf_checkpoint(tiny(tie_word_embeddings=False), folder / "hf", dtype="float32")
     ckpt = folder / "tiny"
     to_orbax(folder / "hf", ckpt)  # a tempura-jax checkpoint, as tempura-convert writes
     proc, port = start_server([
         "--checkpoint", str(ckpt), "--tokenizer", demo_data["tokenizer"],
         "--media-root", demo_data["media_root"], "--model-name", "tiny",
         "--batch-size", "4", "--batch-wait-ms", "800", "--max-frames", str(MAX_FRAMES),
-        "--max-tokens", "16", "--max-request-bytes", str(1 << 20),
+        "--max-tokens", str(MAX_TOKENS), "--stream-chunk", "4", "--max-request-bytes", str(1 << 20),
         "pixels.min_pixels=6272", "pixels.max_pixels=6272", "max_seq_len=1024",
     ])  # fmt: skip
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
@@ -94,6 +95,50 @@ def test_streaming_equals_non_streaming(server):
     assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
 
 
+def streamed(client, request: dict, **kw) -> tuple[list[str], str, object]:
+    """(the content deltas before the finish chunk, the finish reason, that chunk)."""
+    deltas, finish = [], None
+    for c in ask(client, **request, stream=True, **kw):
+        choice = c.choices[0]
+        if choice.finish_reason:
+            finish = c
+            break
+        if choice.delta.content:
+            deltas.append(choice.delta.content)
+    return deltas, finish.choices[0].finish_reason, finish
+
+
+def test_streaming_sends_text_while_decoding(server):
+    """max_tokens 24 in decode chunks of 4: the text comes in several deltas
+    (after the prefill and after each chunk), which join to the answer."""
+    client, _, _ = server
+    whole = ask(client, **REQUESTS[0], max_tokens=MAX_TOKENS)
+    text = whole.choices[0].message.content
+    assert len(whole.model_extra["tempura"]["token_ids"]) > 12 and len(text) > 12
+    deltas, finish, _ = streamed(client, REQUESTS[0], max_tokens=MAX_TOKENS)
+    assert len(deltas) > 2 and "".join(deltas) == text
+    assert finish == whole.choices[0].finish_reason
+
+
+def test_stop_strings_cut_the_answer_and_end_its_decoding(server):
+    client, _, _ = server
+    whole = ask(client, **REQUESTS[0], max_tokens=MAX_TOKENS)
+    text, ids = whole.choices[0].message.content, whole.model_extra["tempura"]["token_ids"]
+    i = next(
+        k for k in range(len(text) // 4, len(text)) if text[k : k + 3].strip() == text[k : k + 3]
+    )
+    stop = text[i : i + 3]  # no space at either end, from the first quarter on
+    expected = text[: text.find(stop)]
+    r = ask(client, **REQUESTS[0], max_tokens=MAX_TOKENS, stop=["never-in-it", stop])
+    assert r.choices[0].message.content == expected and stop not in expected
+    assert r.choices[0].finish_reason == "stop"
+    # It left its batch at the chunk where the stop string appeared.
+    assert len(r.model_extra["tempura"]["token_ids"]) < len(ids)
+    deltas, finish, last = streamed(client, REQUESTS[0], max_tokens=MAX_TOKENS, stop=stop)
+    assert "".join(deltas) == expected and finish == "stop"
+    assert last.model_extra["tempura"]["token_ids"] == r.model_extra["tempura"]["token_ids"]
+
+
 def test_concurrent_requests_are_batched_and_equal_single_runs(server):
     client, _, _ = server
     single = [ask(client, **r) for r in REQUESTS]
@@ -134,7 +179,10 @@ def test_bad_requests_get_a_400_with_the_reason(server, tmp_path):
     long = "videos/demo_001.mp4"  # 16 s: 16 frames
     assert f"16 frames, over the limit max_frames={MAX_FRAMES}" in bad(client, video(long))
     assert "remote media is off" in bad(client, video("http://127.0.0.1:9/v.mp4"))
-    assert "over the limit max_tokens=16" in bad(client, video(SHORT), max_tokens=17)
+    too_many = MAX_TOKENS + 1
+    assert f"over the limit max_tokens={MAX_TOKENS}" in bad(
+        client, video(SHORT), max_tokens=too_many
+    )
     huge = "data:video/mp4;base64," + "A" * (1 << 20)
     assert "over the limit max_request_bytes" in bad(client, video(huge))
     assert "needs a masked window" in bad(client, video(SHORT), extra_body={"task": "masked"})

@@ -99,3 +99,45 @@ def test_console_scripts_resolve():
                  "tempura-serve", "tempura-demo", "tempura-convert"):  # fmt: skip
         module, func = scripts[name].split(":")
         assert callable(getattr(importlib.import_module(module), func)), name
+
+
+def byte_decode(ids: list[int]) -> str:
+    """A byte-level tokenizer's decode: each id one byte (partial characters
+    decode to U+FFFD, as with Qwen's byte-level BPE)."""
+    return bytes(ids).decode("utf-8", errors="replace")
+
+
+STOP_ID = 999
+
+
+@pytest.mark.parametrize(
+    "answer, stops",
+    [
+        ("  café: a red circle moves right.  ", ()),
+        ("first event. second event.", (". s",)),  # a stop string across feeds
+        ("ab\nab \n\ncd", ("\n\n", "zz")),  # the text before a stop keeps its space
+        ("naïve – done ✓ end", ("✓",)),  # multi-byte characters and stop string
+        ("no stop here", ("here!", "e?")),  # endings that start a stop string
+    ],
+)
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_text_stream_deltas_join_to_the_answer(answer, stops, chunk):
+    from tempura_jax.inference.text_stream import TextStream
+
+    ids = [*answer.encode(), STOP_ID]
+    whole, cut = TextStream(byte_decode, [STOP_ID], stops).text_of(ids)
+    visible = answer.lstrip()  # the answer is stripped, or all before the first stop
+    cuts = [visible.find(s) for s in stops if s in visible]
+    reference = visible[: min(cuts)] if cuts else visible.rstrip()
+    assert whole == reference and cut == any(s in answer for s in stops)
+    stream, deltas = TextStream(byte_decode, [STOP_ID], stops), []
+    for n in [*range(1, len(ids), chunk), len(ids)]:  # as the batcher: the whole row last
+        deltas.append(stream.feed(ids[:n]))
+        assert "\ufffd" not in deltas[-1] and not any(s in "".join(deltas) for s in stops)
+        if stream.stopped:
+            break
+    assert stream.stopped == cut
+    assert "".join(deltas) + stream.rest(whole) == whole
+    if cut:  # the stop string ended the stream: nothing is left to send
+        assert stream.rest(whole) == ""
+    assert sum(bool(d) for d in deltas) > 1  # text came before the end

@@ -5,6 +5,11 @@ decode length),
 so the compiled prefill and decode programs are reused and the device sees
 batches, not one request at a time.
 
+A batch decodes `chunk` tokens per call (`generate_chunks`). After each
+chunk every request sees its ids so far (`Job.watch`, which streams them);
+one that is done (stop id, its max_tokens, or `watch` says so: a stop
+string) gets its result at once, and the batch ends when all are done.
+
 One worker thread owns the model. It waits up to `wait_s` after the first
 queued request for others to join its batch (no wait once the batch is
 full); requests with other knobs wait for a later batch, oldest first.
@@ -17,6 +22,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from tempura_jax.data.sample import Example
@@ -45,6 +51,8 @@ class Job:
     temperature: float
     top_p: float
     seed: int
+    # Called from the worker with the ids so far after each chunk; True: no more needed.
+    watch: Callable[[list[int]], bool] | None = None
     future: Future = dataclasses.field(default_factory=Future)
 
     @property
@@ -62,8 +70,13 @@ class Stats:
 
 
 class Batcher:
-    def __init__(self, predictor: Predictor, max_new_tokens: int, wait_s: float = 0.02):
+    def __init__(
+        self, predictor: Predictor, max_new_tokens: int, wait_s: float = 0.02, chunk: int = 8
+    ):
+        if chunk < 1:
+            raise ValueError(f"the decode chunk must be at least 1 token, got {chunk}")
         self.predictor, self.max_new_tokens, self.wait_s = predictor, max_new_tokens, wait_s
+        self.chunk = chunk
         self.stats = Stats()
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -125,17 +138,41 @@ class Batcher:
             top_p=first.top_p,
             seed=first.seed,
         )
+        rows = row_bucket(len(batch), self.predictor.batch_size)
+        live = dict(enumerate(batch))  # the jobs still decoding
         try:
-            rows = row_bucket(len(batch), self.predictor.batch_size)
-            ids = self.predictor.generate_tokens([j.example for j in batch], sampling, rows)
-        except Exception as e:  # noqa: BLE001 - the request fails, the server stays up
+            examples = [j.example for j in batch]
+            chunks = self.predictor.generate_chunks(examples, sampling, rows, self.chunk)
+            for gen in chunks:
+                for i, job in list(live.items()):
+                    n = min(int(gen.lengths[i]), job.max_tokens)
+                    row = gen.tokens[i, :n].tolist()
+                    ended = bool(gen.done[i]) or n == job.max_tokens
+                    if self._watch(job, row) or ended:
+                        if not job.future.done():  # (a failed watch failed it)
+                            job.future.set_result((row, len(batch)))
+                        del live[i]
+                if not live:
+                    chunks.close()  # no decoding for rows nobody waits for
+                    break
+        except Exception as e:  # noqa: BLE001 - the requests fail, the server stays up
             log.exception("batch of %d failed", len(batch))
-            for job in batch:
+            for job in live.values():
                 job.future.set_exception(e)
             return
         with self._lock:
             self.stats.batches += 1
             self.stats.rows += len(batch)
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        for job, row in zip(batch, ids, strict=True):
-            job.future.set_result((row[: job.max_tokens], len(batch)))
+
+    @staticmethod
+    def _watch(job: Job, row: list[int]) -> bool:
+        """The job's verdict on its ids so far; a failing watch fails that job only."""
+        if job.watch is None:
+            return False
+        try:
+            return bool(job.watch(row))
+        except Exception as e:  # noqa: BLE001
+            log.exception("a request's watch failed")
+            job.future.set_exception(e)
+            return True

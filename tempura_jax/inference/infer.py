@@ -27,7 +27,12 @@ from tempura_jax.data.records import Record
 from tempura_jax.data.sample import Example, ExampleBuilder, SampleError
 from tempura_jax.data.tokenizer import Tokenizer
 from tempura_jax.inference import tasks
-from tempura_jax.inference.generate import SamplingConfig, generate
+from tempura_jax.inference.generate import (
+    Generation,
+    SamplingConfig,
+    generate,
+    generate_chunks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +199,17 @@ class Predictor:
         builder = self.builders["masked" if case.task == "masked" else "free"]
         return builder.build(self.record(case))
 
+    def _inputs(self, examples: list[Example], rows: int | None):
+        """`examples` as one left-padded batch of `rows` (default `batch_size`)
+        rows, the rest copies of the first, so every call reuses the compiled
+        programs of its shape bucket."""
+        n, rows = len(examples), rows or self.batch_size
+        if not 0 < n <= rows:
+            raise ValueError(f"need 1 to {rows} examples per batch, got {n}")
+        batch = collate(examples + [examples[0]] * (rows - n), self.data, self.model.config,
+                        self.tok.pad_id)  # fmt: skip
+        return dataclasses.replace(model_inputs(left_pad(batch)), right_padded=False)
+
     def generate_tokens(
         self,
         examples: list[Example],
@@ -201,17 +217,17 @@ class Predictor:
         rows: int | None = None,
     ) -> list[list[int]]:
         """Each example's generated ids (up to and including its stop id), run as
-        one batch of `rows` (default `batch_size`) rows, the rest copies of the
-        first, so every call reuses the compiled program of its shape bucket.
-        `sampling` (default: the Predictor's) must keep its stop, pad and
-        suppress ids."""
-        n, rows = len(examples), rows or self.batch_size
-        if not 0 < n <= rows:
-            raise ValueError(f"need 1 to {rows} examples per batch, got {n}")
-        rows = examples + [examples[0]] * (rows - n)
-        batch = collate(rows, self.data, self.model.config, self.tok.pad_id)
-        inputs = dataclasses.replace(model_inputs(left_pad(batch)), right_padded=False)
-        return generate(self.model, inputs, sampling or self.sampling).rows()[:n]
+        one batch of `rows` rows (`_inputs`). `sampling` (default: the
+        Predictor's) must keep its stop, pad and suppress ids."""
+        inputs = self._inputs(examples, rows)
+        return generate(self.model, inputs, sampling or self.sampling).rows()[: len(examples)]
+
+    def generate_chunks(
+        self, examples: list[Example], sampling: SamplingConfig, rows: int, chunk: int
+    ) -> Iterator[Generation]:
+        """`generate_tokens` a decode chunk at a time (`generate.generate_chunks`);
+        the Generations' first len(examples) rows are the examples'."""
+        return generate_chunks(self.model, self._inputs(examples, rows), sampling, chunk)
 
     def decode(self, row: list[int]) -> str:
         """A generated row as text, without its stop and pad ids."""

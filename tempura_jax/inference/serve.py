@@ -8,8 +8,9 @@ mp4/webm/jpeg/png), `file://` URLs or plain paths inside --media-root, and
 http(s) with --allow-remote-media. Extra body fields `task`
 (dense|grounding|masked|highlight|free) and `mask` ([start, end] seconds)
 send TEMPURA's prompts; the parsed events/windows come back in `tempura`.
-`stream: true` answers in server-sent events. Concurrent requests are
-batched (--batch-size rows, waiting up to --batch-wait-ms for batch-mates).
+`stream: true` answers in server-sent events, the new text after each decode
+chunk of --stream-chunk tokens. Concurrent requests are batched
+(--batch-size rows, waiting up to --batch-wait-ms for batch-mates).
 Frames, stamps and the pixel budget come from the checkpoint (key=value
 overrides them, as in tempura-infer). `GET /v1/models`, `GET /health`.
 Requests over a limit or with bad media get a 400 naming it.
@@ -36,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from tempura_jax.inference import chat_request
 from tempura_jax.inference.media_input import MediaPolicy, RequestError
 from tempura_jax.inference.service import Answer, Limits, Prepared, Service
+from tempura_jax.inference.text_stream import TextStream
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +84,16 @@ def _chunk(service: Service, prep: Prepared, delta: dict, finish: str | None, **
     return f"data: {json.dumps(body)}\n\n"
 
 
-async def _stream(service: Service, prep: Prepared, future) -> AsyncIterator[str]:
-    """The role first (the request is queued), then the text in token-sized
-    pieces once its batch is decoded (the decode loop is one compiled
-    program), the finish reason with `tempura`, usage if asked, `[DONE]`."""
+async def _stream(
+    service: Service, prep: Prepared, future, text: TextStream, pieces: asyncio.Queue
+) -> AsyncIterator[str]:
+    """The role first (the request is queued), then the text as its batch
+    decodes (`pieces`, an asyncio.Queue, gets the new final text after each
+    decode chunk, then None), the finish reason with `tempura`, usage if
+    asked, `[DONE]`."""
     yield _chunk(service, prep, {"role": "assistant", "content": ""}, None)
+    while (piece := await pieces.get()) is not None:
+        yield _chunk(service, prep, {"content": piece}, None)
     try:
         row, batch = await asyncio.wrap_future(future)
         ans = service.answer(prep, row, batch)
@@ -95,14 +102,27 @@ async def _stream(service: Service, prep: Prepared, future) -> AsyncIterator[str
         yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
         yield "data: [DONE]\n\n"
         return
-    for piece in service.pieces(ans):
-        yield _chunk(service, prep, {"content": piece}, None)
+    if rest := text.rest(ans.text):
+        yield _chunk(service, prep, {"content": rest}, None)
     yield _chunk(service, prep, {}, ans.finish_reason, tempura=ans.tempura)
     if prep.request.include_usage:
         body = {"id": prep.id, "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": service.model_name, "choices": [], "usage": _usage(ans)}  # fmt: skip
         yield f"data: {json.dumps(body)}\n\n"
     yield "data: [DONE]\n\n"
+
+
+def _submit_streaming(service: Service, prep: Prepared) -> StreamingResponse:
+    """Queue the request with its text going to an asyncio queue (the batcher
+    thread hands each piece to the event loop), and answer with the SSE stream."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[str | None] = asyncio.Queue()
+    future, text = service.submit(
+        prep, on_text=lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece)
+    )
+    future.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
+    stream = _stream(service, prep, future, text, pieces)
+    return StreamingResponse(stream, media_type="text/event-stream")
 
 
 def create_app(service: Service):
@@ -151,9 +171,9 @@ def create_app(service: Service):
             raise RequestError(f"the request body is not JSON ({e})") from None
         req = chat_request.parse(body)
         prep = await run_in_threadpool(service.prepare, req)
-        future = service.submit(prep)
         if req.stream:
-            return StreamingResponse(_stream(service, prep, future), media_type="text/event-stream")
+            return _submit_streaming(service, prep)
+        future, _ = service.submit(prep)
         row, batch = await asyncio.wrap_future(future)
         return _completion(service, prep, service.answer(prep, row, batch))
 
@@ -173,6 +193,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) URLs")
     p.add_argument("--model-name", help="the id in /v1/models (default: the checkpoint's name)")
     p.add_argument("--batch-wait-ms", type=float, default=20.0, help="wait for batch-mates")
+    p.add_argument("--stream-chunk", type=int, default=8,
+                   help="decode steps per call: streams get text, and requests that are "
+                        "done leave the batch, after each chunk")  # fmt: skip
     p.add_argument("--max-frames", type=int, help="default: the checkpoint's sampling.max_frames")
     p.add_argument("--max-video-seconds", type=float, default=Limits.max_video_seconds)
     p.add_argument("--max-tokens", type=int, default=Limits.max_tokens, help="per request")
@@ -199,7 +222,7 @@ def build_service(args: argparse.Namespace) -> Service:
         max_bytes=args.max_request_bytes,
     )
     name = args.model_name or Path(args.checkpoint).resolve().name
-    return Service(predictor, name, limits, policy, args.batch_wait_ms / 1000)
+    return Service(predictor, name, limits, policy, args.batch_wait_ms / 1000, args.stream_chunk)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """What the server does with one chat request, apart from HTTP: fetch and
 check its media against the limits, build the Example exactly as
 launch/infer.py would (the checkpoint's sampling, stamps and pixel budget),
-queue it for a batch, and turn the generated ids into text, a finish reason
-and TEMPURA's parsed fields."""
+queue it for a batch (streaming its text as the batch decodes), and turn
+the generated ids into text, a finish reason and TEMPURA's parsed fields."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import dataclasses
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tempura_jax.inference.media_input import (
     fetch_images,
     fetch_video,
 )
+from tempura_jax.inference.text_stream import TextStream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +64,12 @@ class Service:
         limits: Limits = Limits(),
         policy: MediaPolicy | None = None,
         batch_wait_s: float = 0.02,
+        decode_chunk: int = 8,
     ):
         self.predictor, self.model_name = predictor, model_name
         self.limits, self.policy = limits, policy or MediaPolicy()
         self.sampling = predictor.data.sampling
-        self.batcher = Batcher(predictor, limits.max_tokens, batch_wait_s)
+        self.batcher = Batcher(predictor, limits.max_tokens, batch_wait_s, decode_chunk)
 
     def close(self) -> None:
         self.batcher.close()
@@ -124,19 +127,36 @@ class Service:
             shutil.rmtree(work, ignore_errors=True)
         return Prepared(req, example, max_tokens, rid)
 
-    def submit(self, prep: Prepared) -> Future:
+    def text_stream(self, prep: Prepared) -> TextStream:
+        p = self.predictor
+        return TextStream(p.tok.decode, p.sampling.stop_ids, prep.request.stop)
+
+    def submit(
+        self, prep: Prepared, on_text: Callable[[str], None] | None = None
+    ) -> tuple[Future, TextStream]:
+        """Queue the request; the future gets (ids, batch size). `on_text` (from
+        the batcher's thread) gets each new piece of final text as it decodes;
+        the TextStream says what it was sent. With stop strings the request
+        leaves its batch at the first one."""
         req = prep.request
-        job = Job(prep.example, prep.max_tokens, req.temperature, req.top_p, req.seed)
-        return self.batcher.submit(job)
+        text = self.text_stream(prep)
+
+        def watch(row: list[int]) -> bool:
+            delta = text.feed(row)
+            if delta and on_text is not None:
+                on_text(delta)
+            return text.stopped
+
+        streams = on_text is not None or bool(req.stop)
+        job = Job(prep.example, prep.max_tokens, req.temperature, req.top_p, req.seed,
+                  watch if streams else None)  # fmt: skip
+        return self.batcher.submit(job), text
 
     def answer(self, prep: Prepared, row: list[int], batch_size: int) -> Answer:
         stops = set(self.predictor.sampling.stop_ids)
-        finish = "stop" if row and row[-1] in stops else "length"
         content = [t for t in row if t not in stops]
-        text = self.predictor.decode(row)
-        cut = [i for i in (text.find(s) for s in prep.request.stop) if i >= 0]
-        if cut:
-            text, finish = text[: min(cut)], "stop"
+        text, cut = self.text_stream(prep).text_of(row)
+        finish = "stop" if cut or (row and row[-1] in stops) else "length"
         ex = prep.example
         extra = {
             "task": prep.request.task,
@@ -147,16 +167,3 @@ class Service:
             "token_ids": content,
         }
         return Answer(text, content, finish, ex.num_tokens, extra)
-
-    def pieces(self, answer: Answer) -> list[str]:
-        """The answer's text split where its tokens end (for streaming): the
-        pieces join to exactly `answer.text`."""
-        out, done = [], 0
-        for k in range(1, len(answer.tokens) + 1):
-            end = min(len(self.predictor.tok.decode(answer.tokens[:k]).strip()), len(answer.text))
-            if end > done:
-                out.append(answer.text[done:end])
-                done = end
-        if done < len(answer.text):
-            out.append(answer.text[done:])
-        return out
