@@ -25,8 +25,6 @@ def test_train_efficiency_bench_small(tmp_path):
         assert p["shapes_per_epoch"] == [1, 1] and p["samples_per_row"][0] > 1
         assert 0 <= p["padding_tokens"] < r["buckets"]["padding_tokens"]
         assert 0 <= p["padding_patches"] < 1
-        assert all(
-            0 <= b <= x + 1e-9
-            for b, x in zip(p["padding_bound"], [p["padding_tokens"], p["padding_patches"]])
-        )
+        reached = [p["padding_tokens"], p["padding_patches"]]
+        assert all(0 <= b <= x + 1e-9 for b, x in zip(p["padding_bound"], reached, strict=True))
     assert r["packed"][1]["step_shape"][1:] == [16384, r["packed"][1]["step_shape"][2]]
