@@ -1,1 +1,1 @@
-"""The browser demo (tempura-demo): a page, its JSON API and the timeline plot."""
+"""The web demo (tempura-demo): a Gradio page (ui), the model session, the timeline plot."""

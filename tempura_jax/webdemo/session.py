@@ -1,28 +1,22 @@
 """What the web demo runs: a Predictor (a given checkpoint, the trained demo
 model if `workdir/demo` has one, else the tiny random demo model written
 offline), the demo videos with their ground-truth events, and one request
-turned into the stamped frames the model saw, its answer and a timeline."""
+turned into the stamped frames the model saw, its answer and parsed events.
+No Gradio here: the page (ui.py) only lays these out."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from tempura_jax.data.events import parse_events
 from tempura_jax.data.processor import patchify
 from tempura_jax.data.records import load_records
 from tempura_jax.inference import infer, tasks
 from tempura_jax.inference.generate import SamplingConfig
-from tempura_jax.inference.media_input import MediaPolicy, RequestError, fetch_video
-from tempura_jax.webdemo.timeline import timeline_png
 
 # The demo model's frames: the demo config's pixel budget (56 x 84) and sequence budget.
 DEMO_OVERRIDES = ("pixels.min_pixels=6272", "pixels.max_pixels=6272", "max_seq_len=1024")
@@ -64,10 +58,15 @@ def demo_videos(data: Path) -> list[DemoVideo]:
     return out
 
 
-def _jpeg(frame: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="JPEG", quality=90)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+@dataclasses.dataclass(frozen=True)
+class DemoResult:
+    answer: str
+    parsed: dict[str, Any]  # the task's parsed fields (events, windows, highlights)
+    truth: list[list[Any]]  # ground truth [start, end, caption]; [] for uploads
+    frames: list[np.ndarray]  # the stamped frames the model saw (H, W, 3) uint8
+    times: list[float]  # each frame's seconds
+    duration: float
+    mask: tuple[float, float] | None
 
 
 class DemoSession:
@@ -83,41 +82,34 @@ class DemoSession:
                                sampling=SamplingConfig(max_new_tokens=max_new_tokens))  # fmt: skip
         return cls(predictor, demo_videos(workdir / "data"))
 
-    def run(self, video: str, task: str, query: str = "", mask=None) -> dict[str, Any]:
-        """`video`: a demo video's name or a `data:` URL (an upload)."""
+    def run(
+        self, video: str, task: str, query: str = "", mask: tuple[float, float] | None = None
+    ) -> DemoResult:
+        """`video`: a demo video's name or the path of a video file (an upload).
+        Bad input (unknown video, a task without its query or mask, unreadable
+        media) raises ValueError with the reason."""
         demo = self.videos.get(video)
-        if demo is None and not video.startswith("data:"):
-            raise RequestError(f"video: unknown demo video {video!r}; known: {sorted(self.videos)}")
-        work = Path(tempfile.mkdtemp(prefix="tempura-demo-"))
+        path = Path(demo.path) if demo is not None else Path(video)
+        if demo is None and not path.is_file():
+            raise ValueError(f"video: no demo video or file {video!r}; demo: {sorted(self.videos)}")
+        case = infer.Case(video=str(path), task=task, query=query,
+                          mask=tuple(mask) if mask else None, id="demo")  # fmt: skip
+        builder = self.predictor.builders["masked" if task == "masked" else "free"]
+        record = self.predictor.record(case)
         try:
-            if demo is not None:
-                path = Path(demo.path)
-            else:
-                path = fetch_video(video, MediaPolicy(), work, "video")
-            case = infer.Case(video=str(path), task=task, query=query,
-                              mask=tuple(mask) if mask else None, id="demo")  # fmt: skip
-            builder = self.predictor.builders["masked" if task == "masked" else "free"]
-            record = self.predictor.record(case)
-            try:
-                frames, times, duration = builder.frames(record, resize=True)
-            except ValueError as e:  # SampleError: unreadable or unusable media
-                raise RequestError(f"video: {e}") from None
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+            frames, times, duration = builder.frames(record, resize=True)
+        except ValueError as e:  # SampleError: unreadable or unusable media
+            raise ValueError(f"video {path.name}: {e}") from None
         cfg = self.predictor.data
         pixels, grid = patchify(np.stack(frames), cfg.pixels, cfg.as_video)
         example = builder.assemble(record, pixels, grid, times, duration)
-        row = self.predictor.generate_tokens([example])[0]
-        answer = self.predictor.decode(row)
-        parsed = tasks.get(task).parse(answer)
-        truth = demo.events if demo is not None else []
-        png = timeline_png(duration, parsed, truth, mask=case.mask)
-        return {
-            "answer": answer,
-            "parsed": parsed,
-            "truth": truth,
-            "frames": [_jpeg(f) for f in frames],
-            "times": [float(t) for t in times],
-            "duration": float(duration),
-            "timeline": "data:image/png;base64," + base64.b64encode(png).decode(),
-        }
+        answer = self.predictor.decode(self.predictor.generate_tokens([example])[0])
+        return DemoResult(
+            answer=answer,
+            parsed=tasks.get(task).parse(answer),
+            truth=demo.events if demo is not None else [],
+            frames=list(frames),
+            times=[float(t) for t in times],
+            duration=float(duration),
+            mask=case.mask,
+        )
