@@ -127,7 +127,7 @@ def test_handler_runs_demo_videos_and_uploads_and_names_bad_input(demo_session, 
             run_request(demo_session, *args)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def demo_url(demo_session):
     from tempura_jax.webdemo import ui
 
@@ -137,6 +137,26 @@ def demo_url(demo_session):
     assert url.startswith("http://127.0.0.1:")
     yield url
     demo.close()
+
+
+def test_uploads_over_http_with_gradio_client(demo_url, demo_session, tmp_path):
+    """An upload travels as a file through gradio's upload route into the
+    handler; a broken one comes back as the app's error, naming the file."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(demo_url, verbose=False)
+    name = sorted(demo_session.videos)[0]
+    video = handle_file(demo_session.videos[name].path)
+    answer, _, table, gallery = client.predict(name, video, "masked", "", 2.0, 5.0, api_name="/run")
+    direct = demo_session.run(demo_session.videos[name].path, "masked", mask=(2.0, 5.0))
+    assert answer == (direct.answer or "(empty answer)")
+    assert [r[0] for r in table["data"]] == ["predicted"] * len(direct.parsed["windows"])
+    assert len(gallery) == len(direct.frames) >= 10
+    broken = tmp_path / "broken.webm"
+    broken.write_bytes(b"not a video")
+    with pytest.raises(AppError, match="broken.webm"):
+        client.predict(name, handle_file(str(broken)), "dense", "", None, None, api_name="/run")
 
 
 @pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromium and chromium-driver")

@@ -96,11 +96,12 @@ def build_demo(session: DemoSession) -> gr.Blocks:
                              interactive=False, elem_id="events")  # fmt: skip
         frames = gr.Gallery(label="stamped frames the model saw", columns=8, format="jpeg",
                             object_fit="contain", elem_id="frames")  # fmt: skip
-        task.change(_inputs_for, task, [query, mask_row], queue=False)
+        task.change(_inputs_for, task, [query, mask_row], queue=False, api_visibility="private")
         button.click(
             lambda *a: run_request(session, *a),
             [video, upload, task, query, mask_start, mask_end],
             [answer, timeline, table, frames],
+            api_name="run",  # also for gradio_client: Client(url).predict(..., api_name="/run")
             concurrency_limit=1,  # one request on the model at a time
         )
     return demo
