@@ -3,6 +3,7 @@ console script resolving to its entry point."""
 
 import base64
 import importlib
+import runpy
 import tomllib
 from pathlib import Path
 
@@ -99,6 +100,11 @@ def test_console_scripts_resolve():
                  "tempura-serve", "tempura-demo", "tempura-convert"):  # fmt: skip
         module, func = scripts[name].split(":")
         assert callable(getattr(importlib.import_module(module), func)), name
+    # launch/*.py are thin wrappers over the same functions
+    for wrapper, name in (("serve.py", "tempura-serve"), ("webdemo.py", "tempura-demo")):
+        module, func = scripts[name].split(":")
+        ns = runpy.run_path(str(REPO / "launch" / wrapper), run_name="wrapper")
+        assert ns["main"] is getattr(importlib.import_module(module), func), wrapper
 
 
 def byte_decode(ids: list[int]) -> str:
