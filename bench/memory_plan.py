@@ -50,7 +50,8 @@ def tuning(r: dict) -> str:
 
 def table(rs: list[dict]) -> str:
     head = (
-        "| config | tuning | slice | mesh (data, fsdp, tensor) | remat dec/vis | accum | "
+        "| config | tuning | slice | mesh (data, fsdp, tensor) | remat dec/vis | rows/device "
+        "x accum | "
         "args / temps / held / peak GiB per device | HBM GiB | fits (margin GiB) | "
         "XLA / model TFLOPs per device-step | compile s |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
@@ -64,7 +65,8 @@ def table(rs: list[dict]) -> str:
             f"| {r.get('config', '?')} | {tuning(r)} | "
             f"{r['topology']} ({r['devices']} x {r['device_kind']}) | "
             f"({mesh['data']}, {mesh['fsdp']}, {mesh['tensor']}) | "
-            f"{r['remat']['decoder']}/{r['remat']['vision']} | {r['accumulation']} | "
+            f"{r['remat']['decoder']}/{r['remat']['vision']} | "
+            f"{r['shape']['rows'] // max(1, mesh['data'] * mesh['fsdp'])} x {r['accumulation']} | "
             f"{_g(m['arguments'])} / {_g(m['temporaries'])} / {_g(m.get('held'))} / "
             f"{_g(m['peak'])} | "
             f"{_g(r['hbm_bytes'])} | {'yes' if r['fits'] else 'no'} ({_g(r['margin_bytes'])}) | "
