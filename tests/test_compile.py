@@ -64,6 +64,20 @@ def test_a_step_that_does_not_fit_exits_2_with_the_numbers(tmp_path, capsys):
     assert "DOES NOT FIT" in capsys.readouterr().out
 
 
+def test_out_of_memory_reads_both_forms_of_the_tpu_compiler_s_message():
+    """libtpu words a refusal two ways; the peak adds the state the program does
+    not take (the optimiser state while `accumulate` runs)."""
+    from tempura_jax.aot.compile import out_of_memory
+
+    temps = "RESOURCE_EXHAUSTED: the total memory required for HLO temporaries (33.24G) exceeds"
+    m = out_of_memory(temps, held_bytes=5)
+    assert m["temporaries"] == int(33.24 * 2**30) and m["peak"] == m["temporaries"] + 5
+    used = "RESOURCE_EXHAUSTED: E1000: ... hbm. Used 15.89G of 15.75G hbm. Exceeded hbm by 147.54M."
+    m = out_of_memory(used, held_bytes=2**30)
+    assert m["temporaries"] is None and m["peak"] == int(15.89 * 2**30) + 2**30
+    assert out_of_memory("RESOURCE_EXHAUSTED: something else")["peak"] is None
+
+
 @tpu
 def test_refit_judges_the_same_compile_against_less_memory(splash_run):
     _, r = splash_run

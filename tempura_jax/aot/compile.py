@@ -87,21 +87,28 @@ def _line(e: BaseException) -> str:
 
 
 def out_of_memory(message: str, held_bytes: int = 0) -> dict[str, int | None]:
-    """What the compiler's RESOURCE_EXHAUSTED message says it needed, e.g. "the
-    total memory required for HLO temporaries (17.20G) exceeds available HBM
-    (15.75G)": temporaries (and the peak, at least that) in bytes."""
+    """What the compiler's RESOURCE_EXHAUSTED message says it needed, in bytes:
+    either "the total memory required for HLO temporaries (17.20G) exceeds
+    available HBM (15.75G)" (the temporaries alone), or "Used 15.89G of 15.75G
+    hbm" (every buffer of the program). The peak adds the state the program
+    does not take (`held_bytes`)."""
     import re
 
     units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    found = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)", message)
-    temp = int(float(found.group(1)) * units[found.group(2)]) if found else None
-    peak = None if temp is None else temp + held_bytes
+
+    def size(pattern: str) -> int | None:
+        found = re.search(pattern, message)
+        return int(float(found.group(1)) * units[found.group(2)]) if found else None
+
+    temp = size(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)")
+    used = size(r"Used ([\d.]+)([KMGT]?) of [\d.]+[KMGT]? hbm")
+    program = used if used is not None else temp
     return {
         "arguments": None,
         "temporaries": temp,
         "outputs": None,
         "held": held_bytes,
-        "peak": peak,
+        "peak": None if program is None else program + held_bytes,
     }
 
 
