@@ -124,6 +124,25 @@ def test_accumulation_lowers_accumulate_and_apply_and_counts_the_held_state():
 
 
 @tpu
+def test_the_tpu_compiler_plans_into_the_hbm_the_held_state_leaves():
+    """`accumulate` is compiled into the chip's HBM less the optimiser state
+    that stays beside it: with only 1 MiB left, the compiler refuses it."""
+    import configs
+    from tempura_jax import overrides
+    from tempura_jax.aot.compile import compile_train
+    from tempura_jax.config import tiny
+
+    cfg = overrides.apply(configs.get("demo").get_config(1), ["batch.global_size=16"])
+    t = target("v5e-4")
+    ok = compile_train(cfg, tiny(), t, 128, 64, (56, 56))
+    acc = ok.programs[0]
+    assert acc.error is None and acc.hbm_limit == t.hbm_bytes - acc.memory["held"]
+    tight = acc.memory["held"] + 2**20
+    refused = compile_train(cfg, tiny(), t, 128, 64, (56, 56), hbm_bytes=tight).programs[0]
+    assert refused.hbm_limit == 2**20 and "RESOURCE_EXHAUSTED" in refused.error
+
+
+@tpu
 def test_dispatcher_platform_is_the_mesh_s():
     from jax.sharding import Mesh
 

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         seq, patches = batch.parse_shape(args.shape) if args.shape else batch.largest(cfg.data)
         frame = batch.parse_frame(args.frame) if args.frame else batch.default_frame(cfg.data)
         if args.what == "train":
-            compiled = compile_train(cfg, base, t, seq, patches, frame)
+            hbm = int(args.hbm_gib * 2**30) if args.hbm_gib else None
+            compiled = compile_train(cfg, base, t, seq, patches, frame, hbm)
         else:
             from tempura_jax.aot.serving import compile_generate
 

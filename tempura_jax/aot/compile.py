@@ -42,16 +42,28 @@ class Program:
     error: str | None = None  # the compiler's out-of-memory message
     kernels: dict[str, int] = dataclasses.field(default_factory=dict)  # custom calls
     flops_source: str = "compiled"
+    hbm_limit: int | None = None  # what the TPU compiler was told it may use
 
     @classmethod
     def compile(
-        cls, name: str, runs: int, lowered: Any, held_bytes: int = 0, devices: int = 1
+        cls,
+        name: str,
+        runs: int,
+        lowered: Any,
+        held_bytes: int = 0,
+        devices: int = 1,
+        hbm_limit: int | None = None,
     ) -> Program:
-        """`devices`: the mesh's, to share out a whole-program FLOPs count."""
+        """`devices`: the mesh's, to share out a whole-program FLOPs count.
+        `hbm_limit` (TPU): the memory the compiler may plan into. The TPU
+        compiler otherwise plans into the whole chip, so a program beside
+        held state (the optimiser state while `accumulate` runs) may take
+        HBM that state needs (v6e fills it with prefetch buffers)."""
         kernels = custom_calls(lowered.as_text())
+        options = {} if hbm_limit is None else {"xla_tpu_max_hbm_size_mib": str(hbm_limit >> 20)}
         t0 = time.perf_counter()
         try:
-            compiled = lowered.compile()
+            compiled = lowered.compile(compiler_options=options or None)
         except jax.errors.JaxRuntimeError as e:
             # The TPU compiler refuses a program whose buffers exceed HBM: that
             # is a measured "does not fit", with its numbers.
@@ -59,16 +71,15 @@ class Program:
                 raise
             seconds = time.perf_counter() - t0
             memory = out_of_memory(str(e), held_bytes)
-            return cls(name, runs, seconds, memory, None, _line(e), kernels)
+            return cls(name, runs, seconds, memory, None, _line(e), kernels, hbm_limit=hbm_limit)
         seconds = time.perf_counter() - t0
         flops, source = flops_of(compiled), "compiled"
         if not flops:  # the GPU compile-only client has no cost analysis
             flops, source = flops_of(lowered) / devices, "lowered/devices"
         if not flops:  # neither answers (deviceless CUDA): unknown, not zero
             flops, source = None, "unavailable"
-        return cls(
-            name, runs, seconds, memory_of(compiled, held_bytes), flops, None, kernels, source
-        )
+        memory = memory_of(compiled, held_bytes)
+        return cls(name, runs, seconds, memory, flops, None, kernels, source, hbm_limit)
 
 
 def custom_calls(text: str) -> dict[str, int]:
@@ -235,10 +246,23 @@ def lower_train(
 
 
 def compile_train(
-    cfg: TrainConfig, base: ModelConfig, t: Target, seq: int, patches: int, frame
+    cfg: TrainConfig,
+    base: ModelConfig,
+    t: Target,
+    seq: int,
+    patches: int,
+    frame,
+    hbm_bytes: int | None = None,
 ) -> Compiled:
-    """Lower and compile the trainer's step for `cfg` on `t`."""
+    """Lower and compile the trainer's step for `cfg` on `t`. On TPU each
+    program is planned into `hbm_bytes` (default: the chip's) less the state
+    it does not take but that stays on the device."""
     lo = lower_train(cfg, base, t, seq, patches, frame)
+    hbm = hbm_bytes or t.hbm_bytes
+
+    def limit(held_bytes: int) -> int | None:
+        return hbm - held_bytes if t.platform == "tpu" and held_bytes else None
+
     return Compiled(
         target=t,
         device_kind=lo.mesh.devices.flat[0].device_kind,
@@ -246,6 +270,9 @@ def compile_train(
         shape=lo.shape,
         accumulation=lo.accumulation,
         model=lo.model,
-        programs=[Program.compile(*p, devices=lo.mesh.devices.size) for p in lo.programs],
+        programs=[
+            Program.compile(*p, devices=lo.mesh.devices.size, hbm_limit=limit(p[3]))
+            for p in lo.programs
+        ],
         model_flops=lo.model_flops,
     )

@@ -57,6 +57,7 @@ def to_dict(c: Compiled, hbm_bytes: int | None = None, **context: Any) -> dict[s
                 "error": p.error,
                 "kernels": p.kernels,
                 "xla_flops_source": p.flops_source,
+                "hbm_limit_bytes": p.hbm_limit,
             }
             for p in c.programs
         ],
