@@ -143,6 +143,38 @@ def test_the_tpu_compiler_plans_into_the_hbm_the_held_state_leaves():
 
 
 @tpu
+@pytest.mark.parametrize("overshoots", [1, 99])
+def test_an_overshoot_of_the_limit_is_compiled_again_tighter(monkeypatch, overshoots):
+    """The compiler's plan may exceed its limit (3B on v6e-8: by 0.6 GiB): the
+    program is compiled again with the limit lowered by the overshoot and 1%,
+    at most REPLANS times. Here the first `overshoots` real plans are made to
+    read 1 MiB over the chip."""
+    import configs
+    from tempura_jax import overrides
+    from tempura_jax.aot import compile as aot
+    from tempura_jax.config import tiny
+
+    cfg = overrides.apply(configs.get("demo").get_config(1), ["batch.global_size=16"])
+    t = target("v5e-4")
+    real, caps = aot.Program.compile.__func__, []
+
+    def compile_(cls, name, runs, lowered, held_bytes=0, devices=1, hbm_limit=None):
+        p = real(cls, name, runs, lowered, held_bytes, devices, hbm_limit)
+        if name == "accumulate":
+            caps.append(hbm_limit)
+            if len(caps) <= overshoots:
+                p.memory["peak"] = t.hbm_bytes + 2**20
+        return p
+
+    monkeypatch.setattr(aot.Program, "compile", classmethod(compile_))
+    acc = aot.compile_train(cfg, tiny(), t, 128, 64, (56, 56)).programs[0]
+    first = t.hbm_bytes - acc.memory["held"]
+    assert caps[:2] == [first, int(first - 2**20 - first // 100)]
+    assert acc.replans == len(caps) - 1 == min(overshoots, aot.REPLANS)
+    assert acc.hbm_limit == caps[-1] and (acc.memory["peak"] > t.hbm_bytes) == (overshoots > 2)
+
+
+@tpu
 def test_dispatcher_platform_is_the_mesh_s():
     from jax.sharding import Mesh
 

@@ -58,6 +58,7 @@ def to_dict(c: Compiled, hbm_bytes: int | None = None, **context: Any) -> dict[s
                 "kernels": p.kernels,
                 "xla_flops_source": p.flops_source,
                 "hbm_limit_bytes": p.hbm_limit,
+                "replans": p.replans,
             }
             for p in c.programs
         ],
