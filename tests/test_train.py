@@ -185,6 +185,28 @@ def test_meshes_match_one_device(train_data, tiny_init, tmp_path, single_device_
     assert ref[1]["loss"] != ref[0]["loss"]
 
 
+def test_batch_vision_bounds_give_the_run_s_losses(
+    train_data, tiny_init, tmp_path, single_device_run
+):
+    """`model.vision_bounds=batch`: each batch's tightest exact bounds (the
+    demo's equal frames are aligned blocks) instead of the run's band; the
+    same losses, one step program per distinct bound pair, counted in
+    `compiled_shapes` with the batch shapes."""
+    from tempura_jax.ops.block_local import Aligned
+
+    cfg = config(train_data, tiny_init, tmp_path, *MESH_ARGS, "model.vision_bounds=batch")
+    trainer = Trainer(cfg, devices=jax.devices()[:1])
+    out = trainer.run()
+    for a, b in zip(out.records, single_device_run.records, strict=True):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-5)
+    used = {bounds for *_, bounds in trainer.shapes}
+    assert used and trainer.fns.vision_bounds not in used
+    assert set(trainer.fns._bounded) == used
+    assert all(isinstance(frame, Aligned) for _, frame in used)
+    assert out.records[-1]["compiled_shapes"] == len(trainer.shapes)
+
+
 # -- separate processes: exact resume, preemption, two processes ---------------------------
 
 BAD_RECORDS = 4  # two fail validation when loaded, two when their example is built
@@ -296,14 +318,25 @@ def test_sigterm_saves_a_complete_checkpoint(
     assert [got[s]["loss"] for s in sorted(got)] == [reference[s]["loss"] for s in sorted(got)]
 
 
-def test_two_processes_equal_one(train_data, tiny_init, tmp_path, reference, with_bad_records):
+@pytest.mark.parametrize("bounds", ["run", "batch"])
+def test_two_processes_equal_one(
+    train_data, tiny_init, tmp_path, reference, with_bad_records, bounds
+):
     """Two gloo processes (one device each, a 2-way data mesh, no accumulation)
     log the losses of the single-process run (2 x 2 accumulation), and count
-    the records skipped by both."""
+    the records skipped by both. With `model.vision_bounds=batch` they agree
+    on each batch's bounds (or take the run's where their rows differ)."""
     import portpicker
 
     port = portpicker.pick_unused_port()
-    args = run_args(train_data, tiny_init, tmp_path, *RUN_ARGS, *with_bad_records)
+    args = run_args(
+        train_data,
+        tiny_init,
+        tmp_path,
+        *RUN_ARGS,
+        *with_bad_records,
+        f"model.vision_bounds={bounds}",
+    )
     procs = [
         launch(
             [
@@ -327,6 +360,13 @@ def test_two_processes_equal_one(train_data, tiny_init, tmp_path, reference, wit
         np.testing.assert_allclose(got[step]["grad_norm"], reference[step]["grad_norm"], rtol=1e-5)
         assert got[step]["skipped_records"] == reference[step]["skipped_records"], step
     assert (tmp_path / "checkpoints" / "5" / "data" / "process_1-of-2.json").exists()
+    used = [got[step]["vision_bounds"] for step in sorted(got)]
+    run = [reference[step]["vision_bounds"] for step in sorted(got)]
+    if bounds == "run":
+        assert used == run
+    else:  # the demo's equal frames: both processes find the same aligned blocks
+        pairs = zip(used, run, strict=True)
+        assert all(w != r[0] and f.startswith("aligned") for (w, f), r in pairs)
 
 
 # -- freezing, schedules, divergence, the CLI ------------------------------------------------

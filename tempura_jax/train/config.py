@@ -16,6 +16,9 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 LAYOUTS = ("fsdp", "zero2")
 
 
+VISION_BOUNDS = ("run", "batch")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSetup:
     """`init`: an HF directory (config.json + safetensors) or a tempura-jax
@@ -38,11 +41,18 @@ class ModelSetup:
     adapter: str = option(
         "", "a PEFT adapter directory to continue training (peft on) or merge into model.init"
     )
+    vision_bounds: str = option(
+        "run",
+        "block-local vision attention: run (one static bound pair from the config and pixel "
+        "budget) | batch (each batch's tightest exact pair; one compile per distinct pair)",
+    )
 
     def __post_init__(self):
         for name in ("remat_decoder", "remat_vision"):
             if getattr(self, name) not in REMAT_POLICIES:
                 raise ValueError(f"model.{name} must be one of {REMAT_POLICIES}")
+        if self.vision_bounds not in VISION_BOUNDS:
+            raise ValueError(f"model.vision_bounds must be one of {VISION_BOUNDS}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tempura_jax.data.batching import model_inputs
 from tempura_jax.data.processor import max_frame_patches
 from tempura_jax.model.vision_geometry import config_bounds
-from tempura_jax.ops.block_local import Bound, violation
+from tempura_jax.ops.block_local import Aligned, Bound, static_bound, violation
 from tempura_jax.peft.adapters import training_dropout
 from tempura_jax.sharding import batch_spec, layout_rules, like_params, named, variable_specs
 from tempura_jax.train.config import TrainConfig
@@ -77,6 +77,7 @@ class StepFns:
     # against on the host (`check_vision_bounds`): attention runs block-local
     # within them. (None, None): dense vision attention.
     vision_bounds: tuple[Bound | None, Bound | None] = (None, None)
+    _bounded: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -128,6 +129,15 @@ class StepFns:
         )
         self.init_opt = jax.jit(self.tx.init, out_shardings=self.opt_shardings)
         self.loss = jax.jit(self._loss)
+
+    def bounded(self, bounds: tuple[Bound | None, Bound | None]) -> StepFns:
+        """This step with other static vision bounds: its own jitted programs
+        (kept for reuse), the same shardings and optimiser."""
+        if bounds == self.vision_bounds:
+            return self
+        if bounds not in self._bounded:
+            self._bounded[bounds] = dataclasses.replace(self, vision_bounds=bounds)
+        return self._bounded[bounds]
 
     def _loss(self, train: State, frozen: State, batch: dict) -> tuple[jax.Array, jax.Array]:
         model = nnx.merge(self.graphdef, train, frozen)
@@ -196,6 +206,19 @@ def check_vision_bounds(batch: dict[str, Any], bounds: tuple[Bound | None, Bound
     for key, bound in zip(("window_segments", "frame_segments"), bounds, strict=True):
         if bound is not None and (found := violation(batch[key], bound)):
             raise ValueError(f"batch {key}: {found}, the step was built for runs <= {bound}")
+
+
+def batch_bounds(batch: dict[str, Any]) -> tuple[Bound | None, Bound | None]:
+    """The tightest exact (window, frame) bounds of a host batch
+    (`model.vision_bounds=batch`): aligned frames cost their own square."""
+    return static_bound(batch["window_segments"]), static_bound(batch["frame_segments"])
+
+
+def bound_code(bound: Bound | None) -> int:
+    """A bound as one integer, to compare across processes: 0 none, -L aligned."""
+    if bound is None:
+        return 0
+    return -bound.length if isinstance(bound, Aligned) else int(bound)
 
 
 def one_program(accum: int) -> bool:

@@ -28,6 +28,7 @@ from tempura_jax.data.tokenizer import Tokenizer
 from tempura_jax.io.hf_checkpoint import HFCheckpoint
 from tempura_jax.loading import abstract_model, default_compute_dtype, load_pretrained
 from tempura_jax.model.inputs import is_right_padded
+from tempura_jax.ops.block_local import describe
 from tempura_jax.peft import runs as peft_runs
 from tempura_jax.peft.config import check_training
 from tempura_jax.sharding import (
@@ -41,7 +42,14 @@ from tempura_jax.train.config import TrainConfig
 from tempura_jax.train.flops import batch_flops, passes, peak_flops
 from tempura_jax.train.metrics import MetricsLog
 from tempura_jax.train.optim import GROUPS, schedules, transform
-from tempura_jax.train.step import TrainSplit, batch_shardings, check_vision_bounds, one_program
+from tempura_jax.train.step import (
+    TrainSplit,
+    batch_bounds,
+    batch_shardings,
+    bound_code,
+    check_vision_bounds,
+    one_program,
+)
 
 
 def _in_cluster() -> bool:
@@ -193,7 +201,7 @@ class Trainer:
         )
         self.pad_id = Tokenizer(self.data_cfg.tokenizer).pad_id
         self.skipped = 0  # records skipped by all processes, as of the last batch
-        self.shapes: set[tuple[int, int]] = set()  # (sequence, patches) step shapes run so far
+        self.shapes: set[tuple] = set()  # (sequence, patches, vision bounds) run so far
         self.capacity = np.zeros(2)  # this step's token and patch slots, padding included
         self.total_steps = cfg.epochs * self.dataset.steps_per_epoch
         self.run_steps = min(self.total_steps, cfg.max_steps or self.total_steps)
@@ -293,14 +301,17 @@ class Trainer:
         return train, frozen, opt_state, it, meta
 
     # -- batches --------------------------------------------------------------------------
-    def _global_batch(self, local: dict[str, Any]) -> tuple[dict[str, jax.Array], float]:
+    def _global_batch(self, local: dict[str, Any]) -> tuple[dict[str, jax.Array], float, Any]:
         """This process's rows -> global arrays; all processes agree on one
-        bucket shape first. Returns the batch and its model FLOPs (all rows)."""
+        bucket shape and on the vision bounds first. Returns the batch, its
+        model FLOPs (all rows) and the step for its bounds."""
         local = {k: v for k, v in local.items() if k != "sources"}
         # What `model_inputs` states; packed rows say right_padded=False instead.
         if not self.data_cfg.packing and not is_right_padded(local["segment_ids"]):
             raise ValueError("batch rows are not one sample followed by padding")
         check_vision_bounds(local, self.fns.vision_bounds)
+        run = self.fns.vision_bounds
+        bounds = batch_bounds(local) if self.cfg.model.vision_bounds == "batch" else run
         flops = batch_flops(local, self.model_cfg, *self.passes)
         self.skipped = self.dataset.skips.skipped
         if jax.process_count() > 1:
@@ -312,9 +323,12 @@ class Trainer:
                     local["pixel_values"].shape[1],
                     flops,
                     self.skipped,
+                    *map(bound_code, bounds),
                 ]
             )
             every = multihost_utils.process_allgather(mine)
+            if (every[:, 4:] != every[0, 4:]).any():  # the processes' batches differ:
+                bounds = run  # the run's bounds hold for all of them
             seq, patches = int(every[:, 0].max()), int(every[:, 1].max())
             local = repad(local, seq, patches, self.pad_id)
             flops = float(every[:, 2].sum())
@@ -324,9 +338,10 @@ class Trainer:
             k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()
         }
         (b, s), p = arrays["input_ids"].shape, arrays["pixel_values"].shape[1]
-        self.shapes.add((s, p))
+        self.shapes.add((s, p, bounds))
+        self.bounds = bounds
         self.capacity += (b * s, b * p)
-        return arrays, flops
+        return arrays, flops, self.fns.bounded(bounds)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -368,11 +383,11 @@ class Trainer:
                 try:
                     for _ in range(self.accum):
                         d0 = time.perf_counter()
-                        batch, f = self._global_batch(next(it))
+                        batch, f, fns = self._global_batch(next(it))
                         data_time += time.perf_counter() - d0
                         flops += f
                         if acc is not None:
-                            acc = self.fns.accumulate(train, frozen, acc, batch)
+                            acc = fns.accumulate(train, frozen, acc, batch)
                 except Exception:
                     # SIGTERM sent to the process group also ends Grain's worker
                     # processes mid-step: save the state the step started from.
@@ -384,7 +399,7 @@ class Trainer:
                     break
                 updates = int(meta["updates"])
                 if acc is None:
-                    train, opt_state, m = self.fns.step(train, frozen, opt_state, batch)
+                    train, opt_state, m = fns.step(train, frozen, opt_state, batch)
                 else:
                     train, opt_state, m = self.fns.apply(train, opt_state, acc)
                     acc = None  # free the gradient sums before the next step makes its own
@@ -452,6 +467,7 @@ class Trainer:
             "tokens_per_s": int(m["tokens"]) / dt,
             "skipped_records": self.skipped,  # all processes
             "compiled_shapes": len(self.shapes),  # distinct step shapes (one compile each)
+            "vision_bounds": [describe(b) for b in self.bounds],  # (window, frame), last batch
             "padding_tokens": 1 - int(m["tokens"]) / max(float(self.capacity[0]), 1.0),
             "padding_patches": 1 - int(m["patches"]) / max(float(self.capacity[1]), 1.0),
         }
