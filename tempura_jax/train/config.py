@@ -14,9 +14,7 @@ from tempura_jax.train.optim import OptimConfig
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 LAYOUTS = ("fsdp", "zero2")
-
-
-VISION_BOUNDS = ("run", "batch")
+VISION_BOUNDS = ("run", "batch")  # model.vision_bounds
 
 
 @dataclasses.dataclass(frozen=True)
