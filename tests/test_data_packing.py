@@ -146,6 +146,54 @@ def test_packed_loss_and_gradients_equal_unpacked(demo_data, mode):
         np.testing.assert_allclose(gp, ga, rtol=1e-5, atol=1e-5 * scale, err_msg=str(path))
 
 
+def test_rows_longer_than_a_sample_attend_block_locally(demo_data, monkeypatch):
+    """pack_seq_len > max_seq_len: the decoder's causal attention takes only the
+    key blocks a sample can reach (`text_bound`), with the unpacked loss and
+    gradients; a batch breaking the bound is refused on the host."""
+    from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL
+    from tempura_jax.ops import attention as attn
+    from tempura_jax.sharding import make_mesh
+    from tempura_jax.train.step import StepFns, check_text_bound, text_bound
+
+    cfg = packed_cfg(demo_data, max_seq_len=400, pack_seq_len=1024, patch_bucket_min=256)
+    bound = text_bound(cfg)
+    assert bound == 512 and text_bound(cfg.replace(pack_seq_len=0)) is None  # 1 row: dense
+    b, built, _ = examples(cfg, 3)
+    flat = collate(built, cfg, MODEL, b.tok.pad_id)
+    packed = collate_packed([built], cfg, MODEL, b.tok.pad_id, batch_size=1)
+    assert packed["segment_ids"].shape == (1, 1024) and packed["segment_ids"].max() == 3
+    check_text_bound(packed, bound)
+    with pytest.raises(ValueError, match="a run of 600, the step was built for samples <= 128"):
+        check_text_bound({"segment_ids": np.repeat([[1, 2, 0]], [600, 300, 124], axis=1)}, 128)
+    causal_local = []
+    real = attn.block_local_attention
+
+    def spy(*a, causal, **kw):
+        causal_local.append(causal)
+        return real(*a, causal=causal, **kw)
+
+    monkeypatch.setattr(attn, "block_local_attention", spy)
+    model_cfg = MODEL.replace(param_dtype="float32", compute_dtype="float32")
+    graphdef, train, frozen = nnx.split(Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    out = {}
+    with jax.set_mesh(mesh):
+        for name, batch, tb in (("flat", flat, None), ("packed", packed, bound)):
+            fns = StepFns.build(
+                graphdef, train, optax.sgd(1.0), mesh, "fsdp", 64, tb is None, text_bound=tb
+            )
+            out[name] = jax.device_get(fns.accumulate(train, frozen, fns.zeros(train), batch))
+    assert causal_local.count(True) == MODEL.text.num_hidden_layers  # the packed trace only
+    a, p = out["flat"], out["packed"]
+    assert int(a.count) == int(p.count) > 0 and int(a.tokens) == int(p.tokens)
+    np.testing.assert_allclose(p.loss_sum, a.loss_sum, rtol=1e-5)
+    for (path, ga), gp in zip(
+        jax.tree_util.tree_leaves_with_path(a.grads), jax.tree.leaves(p.grads), strict=True
+    ):
+        scale = np.abs(ga).max()
+        np.testing.assert_allclose(gp, ga, rtol=1e-5, atol=1e-5 * scale, err_msg=str(path))
+
+
 def batches_equal(a, b):
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 

@@ -110,6 +110,36 @@ def test_block_local_gqa_causal_batch():
     _check(_local(bound, True), _dense(True), seg, heads=(4, 2), batch=2)
 
 
+def _packed_rows(n: int, longest: int, seed: int) -> np.ndarray:
+    """Packed decoder rows: samples of 1..longest tokens with padding (-1) gaps
+    between some of them (a record that failed to decode) and at the end."""
+    rng = np.random.default_rng(seed)
+    ids, j = [], 0
+    while len(ids) < n:
+        ids += [j] * int(rng.integers(1, longest + 1)) + [-1] * int(rng.integers(0, 2) * 37)
+        j += 1
+    return np.array(ids[: n - 50] + [-1] * 50, np.int32)[None]
+
+
+def test_causal_block_local_takes_only_earlier_blocks():
+    """Packed rows (the decoder's `text_bound`): exact against the dense causal
+    reference, visiting r + 1 key blocks per query block instead of 2r + 1."""
+    seg = _packed_rows(1001, 300, 3)
+    bound = segment_bound(seg)
+    assert bound == 384 and block_local.layout(bound) == (128, 3)
+    assert block_local.span(bound, causal=True) == 512 and block_local.span(bound) == 896
+    assert block_local.worthwhile(bound, 1001, causal=True)
+    assert not block_local.worthwhile(bound, 768) and block_local.worthwhile(bound, 768, True)
+    _check(_local(bound, True), _dense(True), seg, heads=(4, 2))
+    q, k, v, _ = _inputs(1, 1001, 4, 2, 16)
+
+    def cost(causal):
+        fn = jax.jit(_local(bound, causal))
+        return fn.lower(q, k, v, jnp.asarray(seg)).cost_analysis()["flops"]
+
+    assert cost(True) / cost(False) == pytest.approx(4 / 7, rel=0.05)
+
+
 def test_segment_bound_host_check():
     assert segment_bound(np.array([[0, 0, 1, 1, 1, -1, -1, -1]])) == 64
     assert segment_bound(np.repeat(np.arange(3), 300)[None]) == 384

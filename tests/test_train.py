@@ -207,6 +207,22 @@ def test_batch_vision_bounds_give_the_run_s_losses(
     assert out.records[-1]["compiled_shapes"] == len(trainer.shapes)
 
 
+def test_processes_that_find_different_bounds_step_with_the_run_s():
+    """With `vision_bounds=batch` every process gathers the others' pairs: one
+    that differs sends all of them to the run's bounds (which hold for every
+    batch), so no two processes trace different programs."""
+    from tempura_jax.ops.block_local import Aligned
+    from tempura_jax.train.step import agreed_bounds, bound_code
+
+    run, mine = (64, 640), (64, Aligned(336))
+    same = np.array([[bound_code(b) for b in mine]] * 2)
+    assert same.tolist() == [[64, -336], [64, -336]]
+    assert agreed_bounds(same, mine, run) == mine
+    other = np.array([[64, -336], [64, -240]])  # another frame size on process 1
+    assert agreed_bounds(other, mine, run) == run
+    assert agreed_bounds(np.array([[64, -336], [0, -336]]), mine, run) == run
+
+
 # -- separate processes: exact resume, preemption, two processes ---------------------------
 
 BAD_RECORDS = 4  # two fail validation when loaded, two when their example is built

@@ -1,6 +1,7 @@
 """Training on packed rows (data.packing=true): the demo config compiles one
 step shape, logs the padding share, and a run killed with SIGKILL resumes to
-the same losses."""
+the same losses. Rows (768 tokens) are longer than a sample (400), so the
+decoder attends within its samples (`text_bound`)."""
 
 import re
 import signal
@@ -10,8 +11,13 @@ from test_train import finish, launch, metrics, run_args, tiny_init, train_data,
 
 __all__ = ["tiny_init", "train_data"]  # session fixtures shared with test_train
 
-# 768 tokens per row: two demo samples fit a row, 9 rows, 2 steps of 4 rows per epoch.
-PACKED = ("data.packing=true", "data.max_seq_len=768", "data.pack_patches=768")
+# 768 tokens per row, samples of at most 400: two demo samples fit a row.
+PACKED = (
+    "data.packing=true",
+    "data.max_seq_len=400",
+    "data.pack_seq_len=768",
+    "data.pack_patches=768",
+)
 RUN = ("max_steps=5", "checkpoint.every=2", "checkpoint.keep=2")
 
 
@@ -20,6 +26,7 @@ def packed_reference(train_data, tiny_init, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("packed")
     out = finish(launch(run_args(train_data, tiny_init, workdir, *RUN, *PACKED)))
     assert "2 steps/epoch" in out, out
+    assert "decoder 512" in out, out  # round_bound(400): block-local within a sample
     return metrics(workdir)
 
 

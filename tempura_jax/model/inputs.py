@@ -17,7 +17,7 @@ import numpy as np
 from tempura_jax.config import ModelConfig
 from tempura_jax.model.vision import VisionInputs
 from tempura_jax.model.vision_geometry import num_merged_tokens, vision_geometry
-from tempura_jax.ops.block_local import static_bound
+from tempura_jax.ops.block_local import Bound, static_bound
 from tempura_jax.positions import rope_index
 
 
@@ -34,6 +34,9 @@ class ModelInputs:
     # Static: every row is one sequence followed by padding (0), so a
     # length-masked kernel (cuDNN) can take it. Checked on the host (`is_right_padded`).
     right_padded: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    # Static: every sample (id > 0) is one run of at most this many tokens
+    # (packed rows longer than a sample), so the decoder attends block-locally.
+    text_bound: Bound | None = dataclasses.field(default=None, metadata=dict(static=True))
 
 
 def is_right_padded(segment_ids: np.ndarray) -> bool:

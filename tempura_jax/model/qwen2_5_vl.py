@@ -79,7 +79,11 @@ class Qwen2_5_VL(nnx.Module):
     def forward(self, inputs: ModelInputs) -> jax.Array:
         """Final hidden states (B, S, hidden) after the last norm."""
         return self.model(
-            self.embed(inputs), inputs.position_ids, inputs.segment_ids, inputs.right_padded
+            self.embed(inputs),
+            inputs.position_ids,
+            inputs.segment_ids,
+            inputs.right_padded,
+            inputs.text_bound,
         )
 
     def head_weight(self) -> jax.Array:

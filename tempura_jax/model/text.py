@@ -62,8 +62,12 @@ class TextAttention(nnx.Module):
         q = apply_rotary(self.q_proj(x), cos, sin)
         return q, apply_rotary(self.k_proj(x), cos, sin), self.v_proj(x)
 
-    def __call__(self, x, cos, sin, segment_ids, right_padded=False):
+    def __call__(self, x, cos, sin, segment_ids, right_padded=False, segment_bound=None):
         q, k, v = self._qkv(x, cos, sin)
+        if segment_bound is not None:
+            # Padding (0) is not one bounded run in a packed row: as id -1 it is
+            # still one segment, but the bound leaves it out (nothing reads it).
+            segment_ids = jnp.where(segment_ids > 0, segment_ids, -1)
         out = attention(
             q,
             k,
@@ -72,6 +76,7 @@ class TextAttention(nnx.Module):
             causal=True,
             impl=self.impl,
             right_padded=right_padded,
+            segment_bound=segment_bound,
         )
         return self.o_proj(out)
 
@@ -112,8 +117,9 @@ class DecoderLayer(nnx.Module):
             t.hidden_size, t.intermediate_size, t.hidden_act, ("embed", "mlp"), bias=False, **kw
         )
 
-    def __call__(self, x, cos, sin, segment_ids, right_padded=False):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, right_padded)
+    def __call__(self, x, cos, sin, segment_ids, right_padded=False, segment_bound=None):
+        h = self.input_layernorm(x)
+        x = x + self.self_attn(h, cos, sin, segment_ids, right_padded, segment_bound)
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def cached(self, x, cos, sin, segment_ids, kv_cache, layer, kv_segments, prefill):
@@ -140,11 +146,15 @@ class TextModel(nnx.Module):
     def embed(self, input_ids: jax.Array, dtype: str) -> jax.Array:
         return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
 
-    def __call__(self, x, position_ids, segment_ids, right_padded: bool = False):
-        """`right_padded`: every row is one sequence then padding (see `attention`)."""
+    def __call__(
+        self, x, position_ids, segment_ids, right_padded: bool = False, segment_bound=None
+    ):
+        """`right_padded`: every row is one sequence then padding (see `attention`);
+        `segment_bound`: every sample (id > 0) is a run of at most that many tokens."""
         cos, sin = mrope_cos_sin(position_ids, self.cfg)
+        static = dict(right_padded=right_padded, segment_bound=segment_bound)
         for layer in self.layers:
-            x = maybe_remat(layer, self.remat, x, cos, sin, segment_ids, right_padded=right_padded)
+            x = maybe_remat(layer, self.remat, x, cos, sin, segment_ids, **static)
         return self.norm(x)
 
     def cached(self, x, position_ids, segment_ids, kv_cache: KVCache, prefill: bool = False):

@@ -222,7 +222,7 @@ def xla_attention(
 
 def _xla(q, k, v, seg, *, causal, scale, interpret=False, band=None):
     """The `xla` backend: block-local when a bound makes it pay, else the reference."""
-    if band is not None and seg is not None and worthwhile(band, q.shape[1]):
+    if band is not None and seg is not None and worthwhile(band, q.shape[1], causal):
         return block_local_attention(q, k, v, seg, bound=band, causal=causal, scale=scale)
     return xla_attention(q, k, v, seg, causal=causal, scale=scale)
 

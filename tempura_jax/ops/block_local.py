@@ -4,7 +4,9 @@ When every segment is one contiguous run of at most `bound` positions, a query
 at position i only ever sees keys in [i - (bound - 1), i + (bound - 1)]. Queries
 are cut into blocks of `block` positions; each block takes the `2r + 1` key
 blocks around it (r = ceil((bound - 1) / block)), which hold every key its
-segments can reach, and masks them by segment ids as the dense reference does.
+segments can reach, and masks them by segment ids as the dense reference does;
+causal attention takes only the `r + 1` blocks up to its own (packed decoder
+rows: a sample of at most `bound` tokens never sees the one before it).
 The cost is O(N x span) instead of O(N^2), with span = (2r + 1) x block, and
 the result equals the dense one up to the order of the softmax sums. Forward
 and backward are plain JAX (autodiff), so XLA fuses and partitions them like
@@ -133,27 +135,28 @@ def layout(bound: Bound) -> tuple[int, int]:
     return blk, -(-(bound - 1) // blk)
 
 
-def span(bound: Bound) -> int:
-    """Keys each query block visits."""
+def span(bound: Bound, causal: bool = False) -> int:
+    """Keys each query block visits (causal: none after its own block)."""
     blk, r = layout(bound)
-    return (2 * r + 1) * blk
+    return ((1 if causal else 2) * r + 1) * blk
 
 
-def worthwhile(bound: Bound | None, seq: int) -> bool:
+def worthwhile(bound: Bound | None, seq: int, causal: bool = False) -> bool:
     """Block-local pays when the span is shorter than the (block-padded) sequence."""
     if bound is None:
         return False
     blk, _ = layout(bound)
-    return span(bound) < -(-seq // blk) * blk
+    return span(bound, causal) < -(-seq // blk) * blk
 
 
-def _windows(x: jax.Array, r: int, blk: int, nb: int, fill) -> jax.Array:
-    """(B, nb*blk, ...) -> (B, nb, (2r+1)*blk, ...): each block's key span."""
+def _windows(x: jax.Array, r: int, blk: int, nb: int, fill, right: int) -> jax.Array:
+    """(B, nb*blk, ...) -> (B, nb, (r+1+right)*blk, ...): each block's key span,
+    from r blocks before it to `right` blocks after it."""
     widths = [(0, 0)] * x.ndim
-    widths[1] = (r * blk, r * blk)
+    widths[1] = (r * blk, right * blk)
     x = jnp.pad(x, widths, constant_values=fill)
-    x = x.reshape(x.shape[0], nb + 2 * r, blk, *x.shape[2:])
-    return jnp.concatenate([x[:, o : o + nb] for o in range(2 * r + 1)], axis=2)
+    x = x.reshape(x.shape[0], nb + r + right, blk, *x.shape[2:])
+    return jnp.concatenate([x[:, o : o + nb] for o in range(r + 1 + right)], axis=2)
 
 
 def block_local_attention(
@@ -182,9 +185,10 @@ def block_local_attention(
 
     seg = pad(segment_ids.astype(jnp.int32), _OUTSIDE)
     qb = pad(q).reshape(b, nb, blk, hkv, hq // hkv, d)
-    kw = _windows(pad(k), r, blk, nb, 0)  # (B, nb, S, Hkv, D)
-    vw = _windows(pad(v), r, blk, nb, 0)
-    sw = _windows(seg, r, blk, nb, _OUTSIDE)  # (B, nb, S)
+    right = 0 if causal else r  # causal: later key blocks are all masked
+    kw = _windows(pad(k), r, blk, nb, 0, right)  # (B, nb, S, Hkv, D)
+    vw = _windows(pad(v), r, blk, nb, 0, right)
+    sw = _windows(seg, r, blk, nb, _OUTSIDE, right)  # (B, nb, S)
     logits = jnp.einsum("bnqhgd,bnkhd->bnhgqk", qb, kw, preferred_element_type=jnp.float32)
     logits = logits * scale
     mask = seg.reshape(b, nb, 1, 1, blk, 1) == sw[:, :, None, None, None, :]

@@ -24,14 +24,23 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tempura_jax.data.batching import model_inputs
+from tempura_jax.data.config import DataConfig
 from tempura_jax.data.processor import max_frame_patches
 from tempura_jax.model.vision_geometry import config_bounds
-from tempura_jax.ops.block_local import Aligned, Bound, static_bound, violation
+from tempura_jax.ops.block_local import (
+    Aligned,
+    Bound,
+    round_bound,
+    static_bound,
+    violation,
+    worthwhile,
+)
 from tempura_jax.peft.adapters import training_dropout
 from tempura_jax.sharding import batch_spec, layout_rules, like_params, named, variable_specs
 from tempura_jax.train.config import TrainConfig
@@ -77,6 +86,10 @@ class StepFns:
     # against on the host (`check_vision_bounds`): attention runs block-local
     # within them. (None, None): dense vision attention.
     vision_bounds: tuple[Bound | None, Bound | None] = (None, None)
+    # Static: every sample in a packed row is at most this many tokens
+    # (`text_bound`; `check_text_bound` on the host): the decoder attends
+    # block-locally. None: dense causal attention over the row.
+    text_bound: Bound | None = None
     _bounded: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -90,6 +103,7 @@ class StepFns:
         loss_chunk: int | None,
         right_padded: bool = True,
         vision_bounds: tuple[Bound | None, Bound | None] = (None, None),
+        text_bound: Bound | None = None,
     ) -> StepFns:
         """Shardings from the parameters' logical axes under a layout: the
         optimiser state follows the parameters it belongs to. `right_padded`:
@@ -110,6 +124,7 @@ class StepFns:
             grad_sh,
             right_padded,
             vision_bounds,
+            text_bound,
         )
 
     def __post_init__(self):
@@ -144,8 +159,9 @@ class StepFns:
         inputs = model_inputs(batch, self.right_padded)
         window, frame = self.vision_bounds
         vision = dataclasses.replace(inputs.vision, window_bound=window, frame_bound=frame)
+        inputs = dataclasses.replace(inputs, vision=vision, text_bound=self.text_bound)
         with training_dropout(batch):  # adapter dropout, if any: training steps only
-            hidden = model.forward(dataclasses.replace(inputs, vision=vision))
+            hidden = model.forward(inputs)
         # The head stays in its master dtype: the loss casts it per block.
         return lm_loss_sum(hidden, model.head_weight(), batch["labels"], self.loss_chunk)
 
@@ -208,6 +224,28 @@ def check_vision_bounds(batch: dict[str, Any], bounds: tuple[Bound | None, Bound
             raise ValueError(f"batch {key}: {found}, the step was built for runs <= {bound}")
 
 
+def text_bound(data: DataConfig) -> Bound | None:
+    """The decoder's static bound for a run: packed rows longer than a sample
+    (data.pack_seq_len > max_seq_len) hold samples of at most max_seq_len
+    tokens, so each token's keys lie within that many before it. None where
+    block-local would cost no less than the dense row (one sample per row)."""
+    if not data.packing:
+        return None
+    bound = round_bound(data.max_seq_len)
+    return bound if worthwhile(bound, data.row_tokens, causal=True) else None
+
+
+def check_text_bound(batch: dict[str, Any], bound: Bound | None) -> None:
+    """A host batch must keep the decoder's bound: each sample one run of at
+    most `bound` tokens."""
+    if bound is not None:
+        ids = np.asarray(batch["segment_ids"])
+        if found := violation(np.where(ids > 0, ids, -1), bound):
+            raise ValueError(
+                f"batch segment_ids: {found}, the step was built for samples <= {bound}"
+            )
+
+
 def batch_bounds(batch: dict[str, Any]) -> tuple[Bound | None, Bound | None]:
     """The tightest exact (window, frame) bounds of a host batch
     (`model.vision_bounds=batch`): aligned frames cost their own square."""
@@ -219,6 +257,14 @@ def bound_code(bound: Bound | None) -> int:
     if bound is None:
         return 0
     return -bound.length if isinstance(bound, Aligned) else int(bound)
+
+
+def agreed_bounds(codes: np.ndarray, mine: tuple, run: tuple) -> tuple:
+    """The bounds every process steps with, from each one's `bound_code`s (one
+    row per process): its own where all found the same pair, else the run's,
+    which holds for every batch."""
+    codes = np.asarray(codes)
+    return mine if (codes == codes[0]).all() else run
 
 
 def one_program(accum: int) -> bool:
@@ -256,6 +302,7 @@ class TrainSplit:
             # Window and frame bounds from the config and the pixel budget: one
             # static pair for the run, which every batch is checked against.
             vision_bounds=config_bounds(model.config.vision, max_frame_patches(cfg.data.pixels)),
+            text_bound=text_bound(cfg.data),
         )
         param_rules, _ = layout_rules(cfg.mesh.layout)
         frozen_sh = named(variable_specs(frozen, mesh, param_rules), mesh)

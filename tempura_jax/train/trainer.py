@@ -44,9 +44,11 @@ from tempura_jax.train.metrics import MetricsLog
 from tempura_jax.train.optim import GROUPS, schedules, transform
 from tempura_jax.train.step import (
     TrainSplit,
+    agreed_bounds,
     batch_bounds,
     batch_shardings,
     bound_code,
+    check_text_bound,
     check_vision_bounds,
     one_program,
 )
@@ -310,6 +312,7 @@ class Trainer:
         if not self.data_cfg.packing and not is_right_padded(local["segment_ids"]):
             raise ValueError("batch rows are not one sample followed by padding")
         check_vision_bounds(local, self.fns.vision_bounds)
+        check_text_bound(local, self.fns.text_bound)
         run = self.fns.vision_bounds
         bounds = batch_bounds(local) if self.cfg.model.vision_bounds == "batch" else run
         flops = batch_flops(local, self.model_cfg, *self.passes)
@@ -327,8 +330,7 @@ class Trainer:
                 ]
             )
             every = multihost_utils.process_allgather(mine)
-            if (every[:, 4:] != every[0, 4:]).any():  # the processes' batches differ:
-                bounds = run  # the run's bounds hold for all of them
+            bounds = agreed_bounds(every[:, 4:], bounds, run)
             seq, patches = int(every[:, 0].max()), int(every[:, 1].max())
             local = repad(local, seq, patches, self.pad_id)
             flops = float(every[:, 2].sum())
@@ -486,6 +488,8 @@ class Trainer:
             f"  {len(self.dataset.records)} records, {self.dataset.steps_per_epoch} steps/epoch, "
             f"{self.run_steps} of {self.total_steps} steps; "
             + (f"resuming at step {step}" if step else f"from {cfg.model.init}"),
+            f"  attention bounds: vision {[describe(b) for b in self.fns.vision_bounds]} "
+            f"({cfg.model.vision_bounds}), decoder {describe(self.fns.text_bound)}",
             "  config: " + json.dumps(overrides.to_dict(cfg), sort_keys=True),
         ]
         for line in lines:
