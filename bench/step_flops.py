@@ -44,6 +44,7 @@ from train_step import jax_batch, sample  # noqa: E402
 
 from tempura_jax import config as C  # noqa: E402
 from tempura_jax.data.processor import PixelConfig, max_frame_patches  # noqa: E402
+from tempura_jax.model.inputs import is_right_padded  # noqa: E402
 from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL  # noqa: E402
 from tempura_jax.model.vision_geometry import config_bounds  # noqa: E402
 from tempura_jax.ops.block_local import describe, static_bound  # noqa: E402
@@ -74,12 +75,25 @@ def bounds_for(mode: str, cfg: C.ModelConfig, batch_np: dict) -> tuple[int | Non
     return static_bound(batch_np["window_segments"]), static_bound(batch_np["frame_segments"])
 
 
-def step_program(cfg: C.ModelConfig, batch_np: dict, bounds, mesh, loss_chunk=None):
-    """(jitted step, abstract args) of the trainer's one-micro-batch step on `mesh`."""
+def step_program(
+    cfg: C.ModelConfig, batch_np: dict, bounds, mesh, loss_chunk=None, text_bound=None
+):
+    """(jitted step, abstract args) of the trainer's one-micro-batch step on `mesh`
+    (`text_bound`: the decoder's, for packed rows longer than a sample)."""
     abstract = nnx.eval_shape(lambda: Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     tx = transform(OptimConfig(warmup_ratio=0.0), 1000)
-    fns = StepFns.build(graphdef, state, tx, mesh, "fsdp", loss_chunk, vision_bounds=bounds)
+    fns = StepFns.build(
+        graphdef,
+        state,
+        tx,
+        mesh,
+        "fsdp",
+        loss_chunk,
+        right_padded=is_right_padded(batch_np["segment_ids"]),
+        vision_bounds=bounds,
+        text_bound=text_bound,
+    )
     opt = jax.eval_shape(tx.init, state)
     sh = batch_shardings(batch_np, mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh[k]) for k, v in batch_np.items()}
