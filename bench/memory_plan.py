@@ -48,13 +48,19 @@ def tuning(r: dict) -> str:
     return methods[-1] if methods and methods[-1] != "none" else "full"
 
 
+def row_shape(r: dict) -> str:
+    """Tokens x patches per row, and whether the run packs several samples a row."""
+    packed = "data.packing=true" in r.get("overrides", [])
+    return f"{r['shape']['seq']} x {r['shape']['patches']}" + (" packed" if packed else "")
+
+
 def table(rs: list[dict]) -> str:
     head = (
-        "| config | tuning | slice | mesh (data, fsdp, tensor) | remat dec/vis | rows/device "
-        "x accum | "
+        "| config | tuning | slice | mesh (data, fsdp, tensor) | remat dec/vis | row tokens x "
+        "patches | rows/device x accum | "
         "args / temps / held / peak GiB per device | HBM GiB | fits (margin GiB) | "
         "XLA / model TFLOPs per device-step | compile s |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     rows = []
     for r in rs:
@@ -65,7 +71,7 @@ def table(rs: list[dict]) -> str:
             f"| {r.get('config', '?')} | {tuning(r)} | "
             f"{r['topology']} ({r['devices']} x {r['device_kind']}) | "
             f"({mesh['data']}, {mesh['fsdp']}, {mesh['tensor']}) | "
-            f"{r['remat']['decoder']}/{r['remat']['vision']} | "
+            f"{r['remat']['decoder']}/{r['remat']['vision']} | {row_shape(r)} | "
             f"{r['shape']['rows'] // max(1, mesh['data'] * mesh['fsdp'])} x {r['accumulation']} | "
             f"{_g(m['arguments'])} / {_g(m['temporaries'])} / {_g(m.get('held'))} / "
             f"{_g(m['peak'])} | "

@@ -106,6 +106,36 @@ def test_auto_on_tpu_lowers_to_the_splash_program():
 
 
 @tpu
+def test_a_packed_run_compiles_its_row_shape_with_the_decoder_s_bound():
+    """data.packing: the compile is for the run's one row shape, the decoder
+    attends within its samples (`text_bound`: splash takes the band) and model
+    FLOPs count each sample's own causal attention, not the row's."""
+    import configs
+    from tempura_jax import overrides
+    from tempura_jax.aot.batch import largest
+    from tempura_jax.aot.compile import lower_train
+    from tempura_jax.config import tiny
+    from tempura_jax.train.step import text_bound
+
+    packed = ["data.packing=true", "data.max_seq_len=128", "data.pack_seq_len=512"]
+    packed.append("model.attention_impl=auto")
+    cfg = overrides.apply(configs.get("demo").get_config(1), [*packed, *ONE_STEP])
+    assert largest(cfg.data) == (512, 2048) and text_bound(cfg.data) == 128
+    lo = lower_train(cfg, tiny(), target("v5e-4"), 512, 2048, (56, 56))
+    one = overrides.apply(cfg, ["data.max_seq_len=512"])  # one sample fills the row
+    assert text_bound(one.data) is None
+    whole = lower_train(one, tiny(), target("v5e-4"), 512, 2048, (56, 56))
+    t = tiny().text
+    # Four causal samples of 128 instead of one of 512: 3 x 128 x 512 fewer score pairs,
+    # 2 (QK, AV) x 2 flops x heads x head_dim each, forward + backward (x3), every layer.
+    saved = 3 * 128 * 512 / 2 * 4 * t.num_attention_heads * t.head_dim * 3 * t.num_hidden_layers
+    per_device = lo.shape.rows / 4
+    assert whole.model_flops - lo.model_flops == pytest.approx(saved * per_device, rel=1e-9)
+    text = lo.programs[0][2].as_text()
+    assert text.count("tpu_custom_call") >= 3 and text != whole.programs[0][2].as_text()
+
+
+@tpu
 def test_accumulation_lowers_accumulate_and_apply_and_counts_the_held_state():
     """With accumulation the optimiser state stays in HBM while `accumulate`
     runs without it: counted in that program's peak."""

@@ -55,7 +55,10 @@ def parse_frame(text: str) -> tuple[int, int]:
 
 
 def largest(data: DataConfig) -> tuple[int, int]:
-    """The largest (sequence, patches) buckets the data config can produce."""
+    """The largest (sequence, patches) buckets the data config can produce;
+    packed: the one row shape of the run."""
+    if data.packing:
+        return data.row_tokens, data.row_patches
     return seq_buckets(data)[-1], patch_buckets(data)[-1]
 
 
@@ -93,16 +96,17 @@ def abstract_batch(
     return {k: sds(k, a) for k, a in one.items()}
 
 
-def full_row(shape: Shape, model: ModelConfig) -> dict[str, np.ndarray]:
+def full_row(shape: Shape, model: ModelConfig, sample: int | None = None) -> dict[str, np.ndarray]:
     """One row filled the way a long sample fills it: `seq` real tokens and
     `frames` frames of real window/frame segments (the rest is padding); the
-    arrays `train.flops.batch_flops` reads."""
+    arrays `train.flops.batch_flops` reads. `sample`: a packed row, filled by
+    samples of that many tokens (each its own causal attention)."""
     v = model.vision
     h, w = shape.frame
     grid = np.array([[1, h // v.patch_size, w // v.patch_size]] * shape.frames(v.patch_size))
     geo = vision_geometry(grid, v).padded(shape.patches, v.merge_unit)
     return {
-        "segment_ids": np.ones((1, shape.seq), np.int32),
+        "segment_ids": (1 + np.arange(shape.seq) // (sample or shape.seq))[None].astype(np.int32),
         "window_segments": geo.window_segments[None],
         "frame_segments": geo.frame_segments[None],
     }

@@ -33,7 +33,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", type=int, choices=(1, 2), default=1)
     p.add_argument("--topology", required=True, help=f"one of {', '.join(TARGETS)}")
     p.add_argument("--model", help="a model preset or an HF directory (default: model.init)")
-    p.add_argument("--shape", help="SEQ,PATCHES per row (default: the largest data buckets)")
+    p.add_argument(
+        "--shape", help="SEQ,PATCHES per row (default: the largest data buckets; packed: the row)"
+    )
     p.add_argument("--frame", help="HxW pixels of each frame, for model FLOPs (default: 16:9)")
     p.add_argument(
         "--what",

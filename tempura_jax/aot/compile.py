@@ -241,7 +241,8 @@ def lower_train(
                 ("apply", 1, fns.apply.lower(train, opt, acc), held(frozen)),
             ]
     trained = passes(cfg.optim.freeze_vision_tower, cfg.optim.freeze_llm)
-    row = batch_flops(full_row(shape, model_cfg), model_cfg, *trained)
+    sample = cfg.data.max_seq_len if cfg.data.packing else None
+    row = batch_flops(full_row(shape, model_cfg, sample), model_cfg, *trained)
     return Lowered(
         mesh, shape, accum, model_cfg, programs, row * shape.rows * accum / mesh.devices.size
     )
