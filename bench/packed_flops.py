@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from step_flops import flops, model_config, step_program  # noqa: E402
+from step_flops import flops, model_config, step_program, write_atomic  # noqa: E402
 from train_step import jax_batch, sample  # noqa: E402
 
 from tempura_jax.data.config import DataConfig  # noqa: E402
@@ -139,9 +139,7 @@ def main() -> None:
         r["ratio"] = r["xla_flops_lowered"] / r["model_flops"]
         record["results"][mode] = r
         print(f"{mode}: {json.dumps(r)}", flush=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(out)
+        write_atomic(out, record)
     print(json.dumps(record, indent=2))
 
 

@@ -100,6 +100,13 @@ def step_program(
     return fns.step, (state, nnx.State({}), opt, batch)
 
 
+def write_atomic(out: Path, record: dict) -> None:
+    """The record so far, replacing `out` whole (a killed run leaves the last one)."""
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(out)
+
+
 def flops(cost) -> float:
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"])
@@ -164,9 +171,7 @@ def main() -> None:
             row[mode] = r
             print(f"{frames} frames {mode}: {json.dumps(r)}", flush=True)
             record["results"][f"{frames}_frames"] = row
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=2))
-            tmp.replace(out)
+            write_atomic(out, record)
     print(json.dumps(record, indent=2))
 
 

@@ -111,30 +111,30 @@ def test_packed_row_layout(demo_data):
     assert batch_flops(batch, MODEL) == pytest.approx(batch_flops(flat, MODEL), rel=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["frames"])  # video: the same path with no image offset
-def test_packed_loss_and_gradients_equal_unpacked(demo_data, mode):
+def accumulate_flat_and_packed(flat, packed, text_bound=None):
+    """One fp32 `accumulate` of each batch from the same tiny model: the flat
+    one right-padded, the packed one with the decoder's `text_bound`."""
+    from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL
     from tempura_jax.sharding import make_mesh
     from tempura_jax.train.step import StepFns
 
-    # Small shapes (two demo samples fill a row) keep the two compiles quick.
-    cfg = packed_cfg(
-        demo_data, visual_mode=mode, max_seq_len=640, pack_patches=768, patch_bucket_min=256
-    )
-    b, built, _ = examples(cfg, 3)
-    flat = collate(built, cfg, MODEL, b.tok.pad_id)  # one sample per row
-    packed = collate_packed([built[:2], built[2:]], cfg, MODEL, b.tok.pad_id, batch_size=2)
-    assert packed["segment_ids"][0].max() == 2
     model_cfg = MODEL.replace(param_dtype="float32", compute_dtype="float32")
-    from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL
-
     graphdef, train, frozen = nnx.split(Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
-    out = {}
+    out = []
     with jax.set_mesh(mesh):
-        for name, batch, rp in (("flat", flat, True), ("packed", packed, False)):
-            fns = StepFns.build(graphdef, train, optax.sgd(1.0), mesh, "fsdp", 64, right_padded=rp)
-            out[name] = jax.device_get(fns.accumulate(train, frozen, fns.zeros(train), batch))
-    a, p = out["flat"], out["packed"]
+        for batch, packed_row in ((flat, False), (packed, True)):
+            tb = text_bound if packed_row else None
+            fns = StepFns.build(
+                graphdef, train, optax.sgd(1.0), mesh, "fsdp", 64, not packed_row, text_bound=tb
+            )
+            out.append(jax.device_get(fns.accumulate(train, frozen, fns.zeros(train), batch)))
+    return out
+
+
+def assert_same_sums(a, p):
+    """Two `Accum`s of the same samples: counts equal, loss and every gradient
+    within fp32 rounding (each gradient non-zero, so it proves something)."""
     assert int(a.count) == int(p.count) > 0 and int(a.tokens) == int(p.tokens)
     assert int(a.patches) == int(p.patches)
     np.testing.assert_allclose(p.loss_sum, a.loss_sum, rtol=1e-5)
@@ -146,14 +146,25 @@ def test_packed_loss_and_gradients_equal_unpacked(demo_data, mode):
         np.testing.assert_allclose(gp, ga, rtol=1e-5, atol=1e-5 * scale, err_msg=str(path))
 
 
+@pytest.mark.parametrize("mode", ["frames"])  # video: the same path with no image offset
+def test_packed_loss_and_gradients_equal_unpacked(demo_data, mode):
+    # Small shapes (two demo samples fill a row) keep the two compiles quick.
+    cfg = packed_cfg(
+        demo_data, visual_mode=mode, max_seq_len=640, pack_patches=768, patch_bucket_min=256
+    )
+    b, built, _ = examples(cfg, 3)
+    flat = collate(built, cfg, MODEL, b.tok.pad_id)  # one sample per row
+    packed = collate_packed([built[:2], built[2:]], cfg, MODEL, b.tok.pad_id, batch_size=2)
+    assert packed["segment_ids"][0].max() == 2
+    assert_same_sums(*accumulate_flat_and_packed(flat, packed))
+
+
 def test_rows_longer_than_a_sample_attend_block_locally(demo_data, monkeypatch):
     """pack_seq_len > max_seq_len: the decoder's causal attention takes only the
     key blocks a sample can reach (`text_bound`), with the unpacked loss and
     gradients; a batch breaking the bound is refused on the host."""
-    from tempura_jax.model.qwen2_5_vl import Qwen2_5_VL
     from tempura_jax.ops import attention as attn
-    from tempura_jax.sharding import make_mesh
-    from tempura_jax.train.step import StepFns, check_text_bound, text_bound
+    from tempura_jax.train.step import check_text_bound, text_bound
 
     cfg = packed_cfg(demo_data, max_seq_len=400, pack_seq_len=1024, patch_bucket_min=256)
     bound = text_bound(cfg)
@@ -173,25 +184,9 @@ def test_rows_longer_than_a_sample_attend_block_locally(demo_data, monkeypatch):
         return real(*a, causal=causal, **kw)
 
     monkeypatch.setattr(attn, "block_local_attention", spy)
-    model_cfg = MODEL.replace(param_dtype="float32", compute_dtype="float32")
-    graphdef, train, frozen = nnx.split(Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
-    out = {}
-    with jax.set_mesh(mesh):
-        for name, batch, tb in (("flat", flat, None), ("packed", packed, bound)):
-            fns = StepFns.build(
-                graphdef, train, optax.sgd(1.0), mesh, "fsdp", 64, tb is None, text_bound=tb
-            )
-            out[name] = jax.device_get(fns.accumulate(train, frozen, fns.zeros(train), batch))
+    sums = accumulate_flat_and_packed(flat, packed, bound)
     assert causal_local.count(True) == MODEL.text.num_hidden_layers  # the packed trace only
-    a, p = out["flat"], out["packed"]
-    assert int(a.count) == int(p.count) > 0 and int(a.tokens) == int(p.tokens)
-    np.testing.assert_allclose(p.loss_sum, a.loss_sum, rtol=1e-5)
-    for (path, ga), gp in zip(
-        jax.tree_util.tree_leaves_with_path(a.grads), jax.tree.leaves(p.grads), strict=True
-    ):
-        scale = np.abs(ga).max()
-        np.testing.assert_allclose(gp, ga, rtol=1e-5, atol=1e-5 * scale, err_msg=str(path))
+    assert_same_sums(*sums)
 
 
 def batches_equal(a, b):
