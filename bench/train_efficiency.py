@@ -23,6 +23,12 @@ per token, rounded up to 64. A record too big for a row drops frames down
 to min_frames like the pipeline (else it is skipped as too_long).
 `padding_bound` is the least padding any packing into those rows can reach
 (records above half a row never share one).
+
+`step_flops` gathers what the 3B step costs against `train.flops` model
+FLOPs, from the committed runs of the benches that compile it (minutes
+each, so not re-run here): `step_flops.py` (CPU lowering at 16 and 60
+frames, dense before #9 and block-local after), its `tpu_aot` compiles
+(`tempura-compile`, v5p-8) and `packed_flops.py` (packed long rows).
 """
 
 from __future__ import annotations
@@ -147,6 +153,26 @@ def packed(lengths: np.ndarray, cfg: DataConfig, rows: int, epochs: int) -> dict
     }
 
 
+def step_flops(results: Path = ROOT / "bench" / "results") -> dict:
+    """XLA / model FLOPs of the 3B step per source file, from committed results."""
+    out: dict = {}
+    for cpu in sorted(results.glob("step_flops_3b*.json")):  # remat full, dots, none
+        r = json.loads(cpu.read_text())
+        out[cpu.name] = {
+            frames: {m: round(v["ratio"], 3) for m, v in row.items() if isinstance(v, dict)}
+            for frames, row in r["results"].items()
+        }
+        aot = r.get("tpu_aot")  # a note where no TPU compile was run for that file
+        for frames, v in (aot.items() if isinstance(aot, dict) else ()):
+            if isinstance(v, dict) and "file" in v:
+                out[v["file"]] = {frames: {"block_local_run": v["ratio"]}}
+    packed_file = results / "packed_flops_3b.json"
+    if packed_file.exists():
+        r = json.loads(packed_file.read_text())
+        out[packed_file.name] = {k: round(v["ratio"], 3) for k, v in r["results"].items()}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", nargs="*", default=None, help="VER JSON files (measured lengths)")
@@ -253,6 +279,7 @@ def main(argv=None) -> int:
             )
             runs["packed"].append(entry)
         result["by_devices"][str(devices)] = runs
+    result["step_flops"] = step_flops()
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:

@@ -28,3 +28,9 @@ def test_train_efficiency_bench_small(tmp_path):
         reached = [p["padding_tokens"], p["padding_patches"]]
         assert all(0 <= b <= x + 1e-9 for b, x in zip(p["padding_bound"], reached, strict=True))
     assert r["packed"][1]["step_shape"][1:] == [16384, r["packed"][1]["step_shape"][2]]
+    flops = json.loads(out.read_text())["step_flops"]  # the committed 3B compiles
+    cpu = flops["step_flops_3b.json"]["60_frames"]
+    assert cpu["dense"] > 2 > cpu["block_local_run"] > 1
+    assert flops["tpu_flops_3b_v5p-8_xla.json"]["60_frames"]["block_local_run"] > 1
+    packed = flops["packed_flops_3b.json"]
+    assert packed["packed_dense"] > packed["packed_text_bound"] > packed["unpacked"] > 1
