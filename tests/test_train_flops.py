@@ -46,3 +46,16 @@ def test_vision_flops_by_hand_and_frozen_tower():
     assert batch_flops(vision_only(frames, per), CFG, *passes(True, False)) == pytest.approx(
         forward
     )
+
+
+def test_adapters_count_no_weight_gradients_of_the_base():
+    """LoRA/QLoRA: the frozen base passes gradients back (input gradients)
+    but computes none for its weights; a tower without adapters runs forward
+    only (the merger's gradient needs no gradient through the tower)."""
+    from tempura_jax.peft.config import PeftConfig
+
+    lora = PeftConfig(method="lora")
+    assert passes(False, False, lora) == (2.0, 1.0)
+    assert passes(False, False, PeftConfig(method="lora", vision=True)) == (2.0, 2.0)
+    assert passes(True, False, PeftConfig(method="qlora", vision=False)) == (2.0, 1.0)
+    assert passes(False, False, PeftConfig()) == (3.0, 3.0)  # no adapters: full fine-tuning

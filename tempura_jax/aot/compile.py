@@ -240,7 +240,7 @@ def lower_train(
                 ("accumulate", accum, fns.accumulate.lower(train, frozen, acc, batch), held(opt)),
                 ("apply", 1, fns.apply.lower(train, opt, acc), held(frozen)),
             ]
-    trained = passes(cfg.optim.freeze_vision_tower, cfg.optim.freeze_llm)
+    trained = passes(cfg.optim.freeze_vision_tower, cfg.optim.freeze_llm, cfg.peft)
     sample = cfg.data.max_seq_len if cfg.data.packing else None
     row = batch_flops(full_row(shape, model_cfg, sample), model_cfg, *trained)
     return Lowered(

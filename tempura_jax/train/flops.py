@@ -62,12 +62,18 @@ def _segment_sq(segments: np.ndarray) -> float:
     return total
 
 
-def passes(freeze_vision_tower: bool, freeze_llm: bool) -> tuple[float, float]:
+def passes(freeze_vision_tower: bool, freeze_llm: bool, peft=None) -> tuple[float, float]:
     """(decoder, vision) work in forward passes: 3 when trained (forward, input
     and weight gradients), 2 for a frozen decoder that still passes gradients
     back to the merger, 1 for a frozen tower (forward only; the small merger
-    is counted with it)."""
-    return (2.0 if freeze_llm else 3.0), (1.0 if freeze_vision_tower else 3.0)
+    is counted with it). With adapters (`peft`, a PeftConfig that is enabled)
+    the base takes no weight gradients: 2 for the decoder, 2 for a tower with
+    adapters of its own, else 1 (the adapters' own FLOPs are left out)."""
+    text = 2.0 if freeze_llm else 3.0
+    vision = 1.0 if freeze_vision_tower else 3.0
+    if peft is not None and peft.enabled:
+        text, vision = min(text, 2.0), min(vision, 2.0 if peft.vision else 1.0)
+    return text, vision
 
 
 def batch_flops(

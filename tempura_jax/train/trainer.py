@@ -211,7 +211,7 @@ class Trainer:
             raise ValueError("the data set does not fill one global batch")
         self.tx = transform(cfg.optim, self.total_steps)
         self.schedules = schedules(cfg.optim, self.total_steps)
-        self.passes = passes(cfg.optim.freeze_vision_tower, cfg.optim.freeze_llm)
+        self.passes = passes(cfg.optim.freeze_vision_tower, cfg.optim.freeze_llm, cfg.peft)
         kind = jax.devices()[0].device_kind
         self.peak = peak_flops(kind)
 
