@@ -162,8 +162,9 @@ def step_flops(results: Path = ROOT / "bench" / "results") -> dict:
             frames: {m: round(v["ratio"], 3) for m, v in row.items() if isinstance(v, dict)}
             for frames, row in r["results"].items()
         }
-        aot = r.get("tpu_aot")  # a note where no TPU compile was run for that file
-        for frames, v in (aot.items() if isinstance(aot, dict) else ()):
+        aot = r.get("tpu_aot")
+        aot = aot if isinstance(aot, dict) else {}  # a note where no TPU compile was run
+        for frames, v in aot.items():
             if isinstance(v, dict) and "file" in v:
                 out[v["file"]] = {frames: {"block_local_run": v["ratio"]}}
     packed_file = results / "packed_flops_3b.json"
