@@ -12,6 +12,37 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+def _share_compiles() -> None:
+    """One XLA compilation cache for the session, inherited by every process a
+    test starts: the trainer runs that a resume test starts two or three
+    times, and tests that build the same tiny step, compile it once (compiles
+    are most of the suite's time). Keys are the programs and flags, so a hit is
+    the same executable; a fresh folder per session, removed at its end."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return  # set by the caller, or inherited from the session that made it
+    folder = tempfile.mkdtemp(prefix="tempura-jax-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
+_share_compiles()
+
+
+def shared_compiles() -> dict[str, str]:
+    """The cache settings above, for a test that starts a process with an
+    environment of its own."""
+    return {k: v for k, v in os.environ.items() if k.startswith(CACHE_VARS)}
+
+
+CACHE_VARS = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_")
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

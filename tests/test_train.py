@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import shared_compiles
 
 import configs
 from tempura_jax import overrides
@@ -77,8 +78,10 @@ def metrics(workdir: Path) -> dict[int, dict]:
 
 
 def env() -> dict[str, str]:
-    """One CPU device per process, nothing inherited from the test process."""
+    """One CPU device per process, nothing inherited from the test process but
+    the session's compilation cache."""
     return {
+        **shared_compiles(),
         "JAX_PLATFORMS": "cpu",
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": str(ROOT),

@@ -64,10 +64,6 @@ class TextAttention(nnx.Module):
 
     def __call__(self, x, cos, sin, segment_ids, right_padded=False, segment_bound=None):
         q, k, v = self._qkv(x, cos, sin)
-        if segment_bound is not None:
-            # Padding (0) is not one bounded run in a packed row: as id -1 it is
-            # still one segment, but the bound leaves it out (nothing reads it).
-            segment_ids = jnp.where(segment_ids > 0, segment_ids, -1)
         out = attention(
             q,
             k,
@@ -152,6 +148,10 @@ class TextModel(nnx.Module):
         """`right_padded`: every row is one sequence then padding (see `attention`);
         `segment_bound`: every sample (id > 0) is a run of at most that many tokens."""
         cos, sin = mrope_cos_sin(position_ids, self.cfg)
+        if segment_bound is not None:
+            # Padding (0) is not one bounded run in a packed row: as id -1 it is
+            # still one segment, but the bound leaves it out (nothing reads it).
+            segment_ids = jnp.where(segment_ids > 0, segment_ids, -1)
         static = dict(right_padded=right_padded, segment_bound=segment_bound)
         for layer in self.layers:
             x = maybe_remat(layer, self.remat, x, cos, sin, segment_ids, **static)
